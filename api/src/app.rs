@@ -1,0 +1,77 @@
+//! The router: a table of contents of the HTTP API.
+
+use axum::{
+    Json, Router,
+    extract::DefaultBodyLimit,
+    middleware,
+    routing::{get, patch, post},
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use crate::{
+    auth::{self, ApiKeys},
+    error::{ErrorBody, ErrorDetail},
+    routes::{health, jobs, queues},
+    state::AppState,
+};
+
+/// Largest body of a single job push.
+pub const JOB_BODY_LIMIT: usize = 1024 * 1024;
+/// Largest body of a batch push.
+pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// Largest body of any other request.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Master Orchestrator", description = "Job queue and worker fleet for AI work."),
+    paths(
+        health::health, health::ready, health::metrics,
+        jobs::push_job, jobs::push_batch, jobs::get_job,
+        queues::list_queues, queues::pause, queues::resume, queues::update,
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router(state: AppState, keys: ApiKeys) -> Router {
+    let api = Router::new()
+        .route(
+            "/v1/jobs",
+            post(jobs::push_job).layer(DefaultBodyLimit::max(JOB_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/jobs/batch",
+            post(jobs::push_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/queues", get(queues::list_queues))
+        .route("/v1/queues/{name}", patch(queues::update))
+        .route("/v1/queues/{name}/pause", post(queues::pause))
+        .route("/v1/queues/{name}/resume", post(queues::resume))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .layer(middleware::from_fn_with_state(keys, auth::require_key));
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .nest("/api", api)
+        .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .with_state(state)
+}

@@ -1,0 +1,127 @@
+//! `orchestrator-api`: the HTTP API. Without Redis it is the whole system:
+//! embedded SQLite queues with workers for every built-in queue in-process.
+
+mod app;
+mod auth;
+mod error;
+mod extract;
+mod routes;
+mod state;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use orchestrator_shared::{
+    config::{CommonConfig, parse_socket_addr},
+    jobs,
+    queue::{self, fleet},
+    shutdown, store::Store, telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{auth::ApiKeys, state::AppState};
+
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator-api", version, about = "Master Orchestrator HTTP API")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonConfig,
+
+    /// Address to listen on.
+    #[arg(long, env = "ORCH_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: String,
+
+    /// Comma-separated bearer tokens; when set every /api/* route needs one.
+    #[arg(long, env = "ORCH_API_KEYS", hide_env_values = true)]
+    api_keys: Option<String>,
+
+    /// Allow listening on a non-loopback address without API keys.
+    #[arg(long)]
+    insecure_no_auth: bool,
+
+    /// In embedded mode, run no in-process workers (jobs wait for
+    /// orchestrator-worker processes).
+    #[arg(long)]
+    no_workers: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    telemetry::init_logging();
+    telemetry::log_panics_briefly();
+    if let Err(err) = run(Cli::parse()).await {
+        eprintln!("orchestrator-api: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    cli.common.validate()?;
+    let addr: SocketAddr = parse_socket_addr("ORCH_HTTP_ADDR", &cli.http_addr)?;
+    let keys = ApiKeys::parse(cli.api_keys.as_deref()).map_err(anyhow::Error::msg)?;
+    if !addr.ip().is_loopback() && !keys.is_enabled() && !cli.insecure_no_auth {
+        anyhow::bail!(
+            "ORCH_HTTP_ADDR: refusing to listen on non-loopback {addr} without ORCH_API_KEYS \
+             (set keys, or pass --insecure-no-auth if something in front authenticates)"
+        );
+    }
+    orchestrator_shared::metrics::install();
+    let embedded = cli.common.is_embedded();
+    tracing::info!(
+        "starting orchestrator-api ({} mode)\n{}\n  api keys:    {}",
+        if embedded { "embedded" } else { "redis" },
+        cli.common,
+        if keys.is_enabled() { format!("{} configured", keys.len()) } else { "none (auth off)".into() }
+    );
+
+    let store = Store::connect(&cli.common).await?;
+    let handlers = jobs::builtin();
+    store.seed_queues(&handlers).await?;
+    let backend = queue::connect(&cli.common).await?;
+    // The registry is the source of truth for paused flags; a fresh Redis
+    // must learn them again.
+    for settings in store.queues().await? {
+        backend.set_paused(&settings.name, settings.paused).await?;
+    }
+
+    let shutdown_token = CancellationToken::new();
+    shutdown::cancel_on_signal(shutdown_token.clone());
+    let queue_names: Vec<String> = handlers.iter().map(|h| h.queue().to_string()).collect();
+    fleet::spawn_depth_sampler(backend.clone(), queue_names, shutdown_token.clone());
+
+    let mut workers = tokio::task::JoinSet::new();
+    if embedded && !cli.no_workers {
+        let mut assignments = Vec::new();
+        for handler in &handlers {
+            let settings = store.queue(handler.queue()).await?.context("queue registry row")?;
+            assignments.push(fleet::Assignment {
+                handler: handler.clone(),
+                concurrency: settings.concurrency.max(1) as usize,
+            });
+        }
+        workers = fleet::spawn_workers(
+            backend.clone(),
+            assignments,
+            cli.common.lease(),
+            "api",
+            shutdown_token.clone(),
+        );
+    }
+
+    let state = AppState::new(store, backend, handlers);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!("listening on http://{bound} (try: curl http://{bound}/health)");
+    let stop = shutdown_token.clone();
+    axum::serve(listener, app::router(state, keys))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Pushing jobs and reading them back.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use orchestrator_shared::{
+    metrics as m,
+    queue::{
+        JobInfo, MAX_ATTEMPTS_LIMIT, MAX_DELAY_MS, MAX_IDEMPOTENCY_KEY_LEN, MAX_PRIORITY,
+        MIN_PRIORITY, NewJob, Pushed,
+    },
+    store::QueueSettings,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::{
+    error::{ApiError, ApiResult, ErrorBody},
+    extract::ApiJson,
+    state::AppState,
+};
+
+/// Most jobs one batch may carry.
+pub const MAX_BATCH: usize = 10_000;
+
+/// A job to enqueue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// A registered queue (see `GET /api/v1/queues`).
+    pub queue: String,
+    /// Handler input; its shape depends on the queue.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// Higher runs first, from -1000 to 1000; default 0.
+    pub priority: Option<i32>,
+    /// Attempts before the job is dead, 1 to 100; default from the queue.
+    pub max_attempts: Option<u32>,
+    /// A push with a key already seen in this queue (within 24 h) returns
+    /// the first job's id instead of enqueueing again.
+    pub idempotency_key: Option<String>,
+    /// Run no earlier than this many milliseconds from now (at most 30 days).
+    pub delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 10,000 jobs, enqueued atomically: all or none.
+    pub jobs: Vec<JobRequest>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: String,
+    /// True when an earlier push with the same idempotency key created it.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAccepted {
+    pub ids: Vec<String>,
+    /// How many ids came from earlier pushes with the same idempotency key.
+    pub duplicates: usize,
+}
+
+/// Enqueue one job.
+#[utoipa::path(post, path = "/api/v1/jobs", request_body = JobRequest, responses(
+    (status = 202, body = Accepted),
+    (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+), security(("bearer" = [])))]
+pub async fn push_job(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<JobRequest>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let jobs = resolve(&state, vec![request]).await?;
+    let pushed = push(&state, jobs).await?;
+    let Pushed { id, duplicate } = pushed.into_iter().next().expect("one job pushed");
+    Ok((StatusCode::ACCEPTED, Json(Accepted { id, duplicate })))
+}
+
+/// Enqueue up to 10,000 jobs at once.
+#[utoipa::path(post, path = "/api/v1/jobs/batch", request_body = BatchRequest, responses(
+    (status = 202, body = BatchAccepted),
+    (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+), security(("bearer" = [])))]
+pub async fn push_batch(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<BatchRequest>,
+) -> ApiResult<(StatusCode, Json<BatchAccepted>)> {
+    if request.jobs.is_empty() || request.jobs.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch_size",
+            format!("jobs must hold 1 to {MAX_BATCH} jobs, got {}", request.jobs.len()),
+        ));
+    }
+    let jobs = resolve(&state, request.jobs).await?;
+    let pushed = push(&state, jobs).await?;
+    let duplicates = pushed.iter().filter(|p| p.duplicate).count();
+    let ids = pushed.into_iter().map(|p| p.id).collect();
+    Ok((StatusCode::ACCEPTED, Json(BatchAccepted { ids, duplicates })))
+}
+
+/// A job's state, attempts and result.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = String, Path)), responses(
+    (status = 200, body = JobInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+), security(("bearer" = [])))]
+pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<JobInfo>> {
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_job_id",
+            "job ids are UUIDs as returned by POST /api/v1/jobs",
+        ));
+    }
+    match state.queue.job(&id).await? {
+        Some(job) => Ok(Json(job)),
+        None => Err(ApiError::not_found("job_not_found", format!("no job {id}"))),
+    }
+}
+
+async fn push(state: &AppState, jobs: Vec<NewJob>) -> ApiResult<Vec<Pushed>> {
+    let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+    let pushed = state.queue.push(jobs).await?;
+    for (queue, result) in queues.into_iter().zip(&pushed) {
+        if !result.duplicate {
+            metrics::counter!(m::JOBS_ENQUEUED, "queue" => queue).increment(1);
+        }
+    }
+    Ok(pushed)
+}
+
+/// Validates every request and fills defaults from its queue's settings.
+/// One bad job rejects the whole batch, naming its index.
+async fn resolve(state: &AppState, requests: Vec<JobRequest>) -> ApiResult<Vec<NewJob>> {
+    let single = requests.len() == 1;
+    let mut settings: HashMap<String, QueueSettings> = HashMap::new();
+    let mut jobs = Vec::with_capacity(requests.len());
+    for (index, request) in requests.into_iter().enumerate() {
+        let at = |e: ApiError| {
+            if single {
+                e
+            } else {
+                ApiError { message: format!("jobs[{index}]: {}", e.message), ..e }
+            }
+        };
+        if !settings.contains_key(&request.queue) {
+            let found = state.store.queue(&request.queue).await?;
+            let found = found.filter(|_| state.handlers.contains_key(request.queue.as_str()));
+            let Some(found) = found else {
+                return Err(at(unknown_queue(&request.queue)));
+            };
+            settings.insert(request.queue.clone(), found);
+        }
+        let queue = &settings[&request.queue];
+        jobs.push(validate(state, queue, request).map_err(at)?);
+    }
+    Ok(jobs)
+}
+
+fn unknown_queue(name: &str) -> ApiError {
+    let shown: String = name.chars().take(64).collect();
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_queue",
+        format!("no queue named {shown:?}; GET /api/v1/queues lists them"),
+    )
+}
+
+fn validate(state: &AppState, queue: &QueueSettings, request: JobRequest) -> Result<NewJob, ApiError> {
+    let priority = request.priority.unwrap_or(0);
+    if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&priority) {
+        return Err(ApiError::invalid(format!(
+            "priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}"
+        )));
+    }
+    let max_attempts = request.max_attempts.unwrap_or(queue.max_attempts as u32);
+    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+        return Err(ApiError::invalid(format!(
+            "max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"
+        )));
+    }
+    let delay_ms = request.delay_ms.unwrap_or(0);
+    if delay_ms > MAX_DELAY_MS {
+        return Err(ApiError::invalid(format!("delay_ms must be at most {MAX_DELAY_MS} (30 days)")));
+    }
+    if let Some(key) = &request.idempotency_key
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+    {
+        return Err(ApiError::invalid(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"
+        )));
+    }
+    let handler = &state.handlers[request.queue.as_str()];
+    handler
+        .validate(&request.payload)
+        .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message))?;
+    Ok(NewJob {
+        queue: request.queue,
+        payload: request.payload,
+        priority,
+        max_attempts,
+        backoff_ms: queue.backoff_ms as u64,
+        idempotency_key: request.idempotency_key,
+        delay_ms,
+    })
+}

@@ -1,0 +1,16 @@
+//! Schema migrations of the Master Orchestrator store, for SQLite (the
+//! embedded default) and PostgreSQL. Each migration is one module; the
+//! [`Migrator`] lists them in order and runs the pending ones at start.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_queues;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_create_queues::Migration)]
+    }
+}

@@ -1,0 +1,54 @@
+//! Job handlers: one module per built-in queue, each implementing
+//! [`JobHandler`]. Registering a queue is one line in [`builtin`].
+
+mod noop;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use noop::Noop;
+
+use crate::queue::LeasedJob;
+
+/// Why one attempt failed; the message is stored on the job.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JobError(pub String);
+
+/// Defaults a queue is created with in the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueDefaults {
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub concurrency: u32,
+}
+
+/// Runs the jobs of one queue.
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    /// The queue this handler serves.
+    fn queue(&self) -> &'static str;
+
+    /// Registry defaults for the queue.
+    fn defaults(&self) -> QueueDefaults;
+
+    /// Checks a payload before it is enqueued, so a job that can never run is
+    /// refused at push time with a clear message.
+    fn validate(&self, payload: &Value) -> Result<(), String>;
+
+    /// Runs one attempt. Handlers must be idempotent: at-least-once delivery
+    /// means a job can run again after a crash.
+    async fn run(&self, job: &LeasedJob) -> Result<Value, JobError>;
+}
+
+/// Every built-in queue's handler.
+pub fn builtin() -> Vec<Arc<dyn JobHandler>> {
+    vec![Arc::new(Noop)]
+}
+
+/// The handler of a built-in queue, if `queue` is one.
+pub fn handler_for(queue: &str) -> Option<Arc<dyn JobHandler>> {
+    builtin().into_iter().find(|h| h.queue() == queue)
+}

@@ -1,0 +1,25 @@
+//! Master Orchestrator's shared core: everything more than one binary needs.
+//!
+//! Start with [`queue`]: the job envelope, the [`queue::QueueBackend`] trait
+//! with its Redis and embedded SQLite implementations, and the apalis-based
+//! worker runtime that consumes them. [`jobs`] holds the handlers of the
+//! built-in queues, [`store`] the persisted registry (sea-orm), [`config`]
+//! the typed configuration every binary parses, and [`metrics`] the
+//! Prometheus names and exporter.
+
+pub mod config;
+pub mod jobs;
+pub mod metrics;
+pub mod queue;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+/// Milliseconds since the Unix epoch, the time unit of every timestamp the
+/// queues store.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

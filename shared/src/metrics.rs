@@ -1,0 +1,65 @@
+//! Prometheus metrics: the names every dashboard relies on, and the exporter
+//! each process renders at `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const JOBS_ENQUEUED: &str = "orchestrator_jobs_enqueued_total";
+pub const JOBS_COMPLETED: &str = "orchestrator_jobs_completed_total";
+pub const JOB_DURATION: &str = "orchestrator_job_duration_seconds";
+pub const QUEUE_DEPTH: &str = "orchestrator_queue_depth";
+pub const WORKERS_ACTIVE: &str = "orchestrator_workers_active";
+
+/// Histogram buckets for job durations: from a no-op (microseconds) to a long
+/// model call (minutes).
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns the handle that
+/// renders the text format.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(JOB_DURATION.into()), DURATION_BUCKETS)
+                .expect("valid buckets")
+                .install_recorder()
+                .expect("install the Prometheus recorder");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(JOBS_ENQUEUED, "Jobs accepted into a queue.");
+    metrics::describe_counter!(
+        JOBS_COMPLETED,
+        "Job attempts finished, by outcome (done, failed, dead)."
+    );
+    metrics::describe_histogram!(JOB_DURATION, "Run time of one job attempt.");
+    metrics::describe_gauge!(QUEUE_DEPTH, "Jobs waiting in a queue (due or delayed).");
+    metrics::describe_gauge!(WORKERS_ACTIVE, "Jobs being run right now by this process.");
+}
+
+/// Serves the Prometheus text format; used by the API and by worker
+/// processes' own listeners.
+pub async fn render() -> String {
+    install().render()
+}
+
+/// A minimal `/metrics` server for worker processes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route("/metrics", axum::routing::get(render));
+    tracing::info!("metrics listening on http://{}/metrics", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,13 @@
+-- Live counts of one queue. ARGV: prefix, queue, live_since_ms
+-- Returns pending, running, done, failed, dead, workers.
+local prefix, queue, live_since = ARGV[1], ARGV[2], ARGV[3]
+local qk = prefix .. ':q:' .. queue
+local stats = redis.call('HMGET', qk .. ':stats', 'done', 'failed')
+return {
+  redis.call('ZCARD', qk .. ':pending') + redis.call('ZCARD', qk .. ':delayed'),
+  redis.call('ZCARD', qk .. ':leased'),
+  tonumber(stats[1] or 0),
+  tonumber(stats[2] or 0),
+  redis.call('ZCARD', qk .. ':dead'),
+  redis.call('ZCOUNT', qk .. ':workers', live_since, '+inf'),
+}

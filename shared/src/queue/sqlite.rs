@@ -1,0 +1,469 @@
+//! The embedded backend: one SQLite file, no server to install. All queue
+//! state changes go through one connection, so SQLite never has to arbitrate
+//! between writers; a fetch or a batch of acknowledgements is one
+//! transaction. Idle workers in the same process are woken by pushes
+//! directly; workers in other processes poll.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::{
+    Row, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use tokio::sync::Notify;
+
+use super::{
+    Ack, Fetched, JobInfo, JobStatus, LeasedJob, NewJob, Pushed, QueueBackend, QueueCounts,
+    WORKER_LIVENESS_MS, retry_delay_ms,
+};
+use crate::now_ms;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    backoff_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    run_at INTEGER NOT NULL,
+    lease_until INTEGER,
+    worker TEXT,
+    idempotency_key TEXT,
+    result TEXT,
+    error TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, status, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, status, run_at);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (queue, status, lease_until);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (queue, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS queue_state (
+    queue TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS queue_workers (
+    queue TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (queue, worker)
+);
+"#;
+
+pub struct SqliteBackend {
+    pool: SqlitePool,
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the queue file at `path`.
+    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        // One connection: writers never contend, and a fetch cannot
+        // interleave with an acknowledgement.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open queue database {}", path.display()))?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        Ok(Self {
+            pool,
+            wakers: Mutex::default(),
+        })
+    }
+
+    fn waker(&self, queue: &str) -> Arc<Notify> {
+        let mut wakers = self.wakers.lock().expect("wakers lock");
+        wakers.entry(queue.to_string()).or_default().clone()
+    }
+
+    async fn ensure_queue(conn: &mut sqlx::SqliteConnection, queue: &str) -> sqlx::Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO queue_state (queue) VALUES (?)")
+            .bind(queue)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueBackend for SqliteBackend {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn push(&self, jobs: Vec<NewJob>) -> anyhow::Result<Vec<Pushed>> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut due_queues = Vec::new();
+        for job in &jobs {
+            if let Some(key) = &job.idempotency_key {
+                let prior: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM jobs WHERE queue = ? AND idempotency_key = ?")
+                        .bind(&job.queue)
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some(id) = prior {
+                    out.push(Pushed { id, duplicate: true });
+                    continue;
+                }
+            }
+            let id = uuid::Uuid::now_v7().to_string();
+            sqlx::query(
+                "INSERT INTO jobs (id, queue, payload, priority, max_attempts, backoff_ms, status,
+                                   run_at, idempotency_key, created_ms, updated_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(&job.queue)
+            .bind(serde_json::to_string(&job.payload)?)
+            .bind(job.priority)
+            .bind(job.max_attempts)
+            .bind(job.backoff_ms as i64)
+            .bind(now + job.delay_ms as i64)
+            .bind(&job.idempotency_key)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            Self::ensure_queue(&mut tx, &job.queue).await?;
+            if job.delay_ms == 0 && !due_queues.contains(&job.queue) {
+                due_queues.push(job.queue.clone());
+            }
+            out.push(Pushed { id, duplicate: false });
+        }
+        tx.commit().await?;
+        for queue in due_queues {
+            self.waker(&queue).notify_one();
+        }
+        Ok(out)
+    }
+
+    async fn fetch(
+        &self,
+        queue: &str,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> anyhow::Result<Fetched> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
+        // Leases that expired: their worker died or stalled.
+        sqlx::query(
+            "UPDATE jobs SET
+                status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+                error = CASE WHEN attempts >= max_attempts
+                        THEN 'lease expired: the worker stopped during the last attempt'
+                        ELSE error END,
+                run_at = ?2, worker = NULL, lease_until = NULL, updated_ms = ?2
+             WHERE queue = ?1 AND status = 'running' AND lease_until < ?2",
+        )
+        .bind(queue)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let paused: Option<i64> =
+            sqlx::query_scalar("SELECT paused FROM queue_state WHERE queue = ?")
+                .bind(queue)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if paused == Some(1) {
+            tx.commit().await?;
+            return Ok(Fetched {
+                paused: true,
+                ..Fetched::default()
+            });
+        }
+        let rows = sqlx::query(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?3,
+                             lease_until = ?4, updated_ms = ?2
+             WHERE seq IN (
+                SELECT seq FROM jobs
+                WHERE queue = ?1 AND status IN ('pending', 'failed') AND run_at <= ?2
+                ORDER BY priority DESC, seq
+                LIMIT ?5)
+             RETURNING id, payload, attempts, max_attempts, priority, seq",
+        )
+        .bind(queue)
+        .bind(now)
+        .bind(worker)
+        .bind(now + lease.as_millis() as i64)
+        .bind(max as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut leased = Vec::with_capacity(rows.len());
+        for row in rows {
+            let job = LeasedJob {
+                id: row.get("id"),
+                queue: queue.to_string(),
+                payload: serde_json::from_str(row.get::<&str, _>("payload"))?,
+                attempt: row.get::<i64, _>("attempts") as u32,
+                max_attempts: row.get::<i64, _>("max_attempts") as u32,
+            };
+            leased.push((row.get::<i64, _>("priority"), row.get::<i64, _>("seq"), job));
+        }
+        // RETURNING has no order: restore priority, then FIFO.
+        leased.sort_by_key(|(priority, seq, _)| (-priority, *seq));
+        let next_due_ms = if leased.is_empty() {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT MIN(run_at) FROM jobs WHERE queue = ? AND status IN ('pending', 'failed')",
+            )
+            .bind(queue)
+            .fetch_one(&mut *tx)
+            .await?
+            .map(|ms| ms as u64)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(Fetched {
+            jobs: leased.into_iter().map(|(_, _, job)| job).collect(),
+            next_due_ms,
+            paused: false,
+        })
+    }
+
+    async fn wait_for_jobs(&self, queue: &str, timeout: Duration) {
+        let waker = self.waker(queue);
+        let _ = tokio::time::timeout(timeout, waker.notified()).await;
+    }
+
+    async fn ack(&self, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
+        for ack in acks {
+            let row = sqlx::query(
+                "SELECT queue, attempts, max_attempts, backoff_ms FROM jobs
+                 WHERE id = ? AND worker = ? AND status = 'running'",
+            )
+            .bind(&ack.id)
+            .bind(worker)
+            .fetch_optional(&mut *tx)
+            .await?;
+            // The lease was lost: the job runs again elsewhere.
+            let Some(row) = row else { continue };
+            let queue: String = row.get("queue");
+            let attempts = row.get::<i64, _>("attempts") as u32;
+            match ack.outcome {
+                Ok(result) => {
+                    sqlx::query(
+                        "UPDATE jobs SET status = 'done', result = ?, worker = NULL,
+                                lease_until = NULL, updated_ms = ? WHERE id = ?",
+                    )
+                    .bind(serde_json::to_string(&result)?)
+                    .bind(now)
+                    .bind(&ack.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE queue_state SET done = done + 1 WHERE queue = ?")
+                        .bind(&queue)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Err(error) => {
+                    let max_attempts = row.get::<i64, _>("max_attempts") as u32;
+                    let backoff = row.get::<i64, _>("backoff_ms") as u64;
+                    let (status, run_at) = if attempts >= max_attempts {
+                        ("dead", now)
+                    } else {
+                        ("failed", now + retry_delay_ms(backoff, attempts) as i64)
+                    };
+                    sqlx::query(
+                        "UPDATE jobs SET status = ?, error = ?, run_at = ?, worker = NULL,
+                                lease_until = NULL, updated_ms = ? WHERE id = ?",
+                    )
+                    .bind(status)
+                    .bind(error)
+                    .bind(run_at)
+                    .bind(now)
+                    .bind(&ack.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE queue_state SET failed = failed + 1 WHERE queue = ?")
+                        .bind(&queue)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn extend_leases(
+        &self,
+        worker: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> anyhow::Result<()> {
+        let until = (now_ms() + lease.as_millis() as u64) as i64;
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND worker = ? AND status = 'running'",
+            )
+            .bind(until)
+            .bind(id)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release(&self, worker: &str, ids: &[String]) -> anyhow::Result<()> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
+        let mut queues = Vec::new();
+        for id in ids {
+            let queue: Option<String> = sqlx::query_scalar(
+                "UPDATE jobs SET status = 'pending', attempts = attempts - 1, worker = NULL,
+                        lease_until = NULL, run_at = ?, updated_ms = ?
+                 WHERE id = ? AND worker = ? AND status = 'running' RETURNING queue",
+            )
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .bind(worker)
+            .fetch_optional(&mut *tx)
+            .await?;
+            queues.extend(queue);
+        }
+        tx.commit().await?;
+        for queue in queues {
+            self.waker(&queue).notify_one();
+        }
+        Ok(())
+    }
+
+    async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
+        let row = sqlx::query(
+            "SELECT id, queue, status, attempts, max_attempts, priority, payload, result, error,
+                    created_ms, updated_ms FROM jobs WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let status: String = row.get("status");
+        Ok(Some(JobInfo {
+            id: row.get("id"),
+            queue: row.get("queue"),
+            status: JobStatus::parse(&status)
+                .with_context(|| format!("job {id} has unknown status {status:?}"))?,
+            attempts: row.get::<i64, _>("attempts") as u32,
+            max_attempts: row.get::<i64, _>("max_attempts") as u32,
+            priority: row.get::<i64, _>("priority") as i32,
+            payload: serde_json::from_str(row.get::<&str, _>("payload"))?,
+            result: row
+                .get::<Option<&str>, _>("result")
+                .map(serde_json::from_str)
+                .transpose()?,
+            error: row.get("error"),
+            created_at_ms: row.get::<i64, _>("created_ms") as u64,
+            updated_at_ms: row.get::<i64, _>("updated_ms") as u64,
+        }))
+    }
+
+    async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
+        let mut counts = QueueCounts::default();
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? GROUP BY status")
+            .bind(queue)
+            .fetch_all(&self.pool)
+            .await?;
+        for row in rows {
+            let n = row.get::<i64, _>("n") as u64;
+            match row.get::<&str, _>("status") {
+                "pending" | "failed" => counts.pending += n,
+                "running" => counts.running += n,
+                "dead" => counts.dead += n,
+                _ => {}
+            }
+        }
+        if let Some(row) = sqlx::query("SELECT done, failed FROM queue_state WHERE queue = ?")
+            .bind(queue)
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            counts.done = row.get::<i64, _>("done") as u64;
+            counts.failed = row.get::<i64, _>("failed") as u64;
+        }
+        let live_since = now_ms().saturating_sub(WORKER_LIVENESS_MS) as i64;
+        counts.workers = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM queue_workers WHERE queue = ? AND last_seen_ms >= ?",
+        )
+        .bind(queue)
+        .bind(live_since)
+        .fetch_one(&self.pool)
+        .await? as u64;
+        Ok(counts)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        Self::ensure_queue(&mut conn, queue).await?;
+        sqlx::query("UPDATE queue_state SET paused = ? WHERE queue = ?")
+            .bind(paused)
+            .bind(queue)
+            .execute(&mut *conn)
+            .await?;
+        if !paused {
+            self.waker(queue).notify_one();
+        }
+        Ok(())
+    }
+
+    async fn register_worker(&self, queue: &str, worker: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO queue_workers (queue, worker, last_seen_ms) VALUES (?, ?, ?)
+             ON CONFLICT (queue, worker) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+        )
+        .bind(queue)
+        .bind(worker)
+        .bind(now_ms() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn unregister_worker(&self, queue: &str, worker: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM queue_workers WHERE queue = ? AND worker = ?")
+            .bind(queue)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

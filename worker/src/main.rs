@@ -1,0 +1,96 @@
+//! `orchestrator-worker`: consumes queues with apalis workers. Run as many as
+//! you like against one Redis; each drains cleanly on SIGTERM or SIGINT.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use orchestrator_shared::{
+    config::{CommonConfig, parse_socket_addr},
+    jobs, metrics,
+    queue::{self, fleet},
+    shutdown, store::Store, telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator-worker", version, about = "Master Orchestrator queue worker")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonConfig,
+
+    /// Queues to serve, comma-separated (e.g. noop).
+    #[arg(long, value_delimiter = ',', required = true)]
+    queues: Vec<String>,
+
+    /// Jobs run at once per queue (default: the queue's registry setting).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: Option<u32>,
+
+    /// Address of this worker's own /metrics listener.
+    #[arg(long, env = "ORCH_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    telemetry::init_logging();
+    telemetry::log_panics_briefly();
+    if let Err(err) = run(Cli::parse()).await {
+        eprintln!("orchestrator-worker: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    cli.common.validate()?;
+    let metrics_addr = cli
+        .metrics_addr
+        .as_deref()
+        .map(|raw| parse_socket_addr("ORCH_METRICS_ADDR", raw))
+        .transpose()?;
+    let mut assignments = Vec::new();
+    for name in &cli.queues {
+        let Some(handler) = jobs::handler_for(name) else {
+            let known: Vec<&str> = jobs::builtin().iter().map(|h| h.queue()).collect();
+            bail!("--queues: unknown queue {name:?} (this worker serves: {})", known.join(", "));
+        };
+        assignments.push(handler);
+    }
+    metrics::install();
+    tracing::info!("starting orchestrator-worker for {}\n{}", cli.queues.join(","), cli.common);
+
+    let store = Store::connect(&cli.common).await?;
+    store.seed_queues(&jobs::builtin()).await?;
+    let backend = queue::connect(&cli.common).await?;
+
+    let shutdown_token = CancellationToken::new();
+    shutdown::cancel_on_signal(shutdown_token.clone());
+    if let Some(addr) = metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("ORCH_METRICS_ADDR: cannot listen on {addr}"))?;
+        tokio::spawn(metrics::serve(listener, shutdown_token.clone()));
+    }
+    fleet::spawn_depth_sampler(backend.clone(), cli.queues.clone(), shutdown_token.clone());
+
+    let mut plan = Vec::new();
+    for handler in assignments {
+        let settings = store.queue(handler.queue()).await?.context("queue registry row")?;
+        let concurrency = cli.concurrency.unwrap_or(settings.concurrency.max(1) as u32);
+        plan.push(fleet::Assignment {
+            handler,
+            concurrency: concurrency as usize,
+        });
+    }
+    let mut workers = fleet::spawn_workers(
+        backend,
+        plan,
+        cli.common.lease(),
+        "worker",
+        shutdown_token,
+    );
+    while let Some(result) = workers.join_next().await {
+        result??;
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
