@@ -1,1 +1,387 @@
+//! Harness for the end-to-end tests: starts the real `orchestrator-api` and
+//! `orchestrator-worker` binaries against real Redis, PostgreSQL and SQLite,
+//! and talks to them over HTTP on loopback.
+//!
+//! Services come from `ORCH_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379`) and `ORCH_TEST_POSTGRES_URL` (default
+//! `postgres://postgres:postgres@127.0.0.1:5432/postgres`);
+//! `deploy/scripts/test.sh` installs and starts them. A test that needs a
+//! service fails when it is missing; nothing is skipped.
 
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::Once,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+pub use reqwest::StatusCode;
+
+/// Where the binaries under test are built.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    }
+}
+
+/// Builds the binaries once per test process, so a test never runs a stale
+/// binary (a no-op when they are up to date).
+pub fn binary(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "-p", "orchestrator-api", "-p", "orchestrator-worker"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the binaries under test");
+        assert!(status.success(), "building the binaries under test failed");
+    });
+    let path = target_dir().join("debug").join(name);
+    assert!(path.exists(), "{} is missing after the build", path.display());
+    path
+}
+
+pub fn redis_url() -> String {
+    let url = std::env::var("ORCH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let hostport = url.trim_start_matches("redis://").split('/').next().unwrap_or_default().to_string();
+    assert!(
+        std::net::TcpStream::connect(&hostport).is_ok(),
+        "Redis is not reachable at {url}: run deploy/scripts/test.sh, or set ORCH_TEST_REDIS_URL"
+    );
+    url
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("ORCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates a fresh PostgreSQL database for one test and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sea_orm::{ConnectionTrait, Database};
+    let admin = postgres_admin_url();
+    let db = Database::connect(&admin).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is not reachable at {admin}: {e}; run deploy/scripts/test.sh")
+    });
+    let name = format!("orch_test_{}", uuid::Uuid::now_v7().simple());
+    db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+    format!("{base}/{name}")
+}
+
+/// A unique Redis key prefix, so tests sharing one Redis never meet.
+pub fn unique_prefix() -> String {
+    format!("test-{}", uuid::Uuid::now_v7().simple())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("pick a free port")
+}
+
+/// Which queue backend a process uses.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Embedded,
+    Redis { url: String, prefix: String },
+}
+
+impl Backend {
+    pub fn redis() -> Self {
+        Backend::Redis {
+            url: redis_url(),
+            prefix: unique_prefix(),
+        }
+    }
+}
+
+/// Settings shared by the processes of one test.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub backend: Backend,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Setup {
+    pub fn new(backend: Backend) -> Self {
+        let data_dir = std::env::temp_dir().join(format!("orch-test-{}", uuid::Uuid::now_v7().simple()));
+        Self {
+            backend,
+            data_dir,
+            database_url: None,
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.extra_env.push((key.into(), value.into()));
+        self
+    }
+
+    fn command(&self, binary: &str) -> Command {
+        let mut cmd = Command::new(crate::binary(binary));
+        // Only what the test sets: no ORCH_* leaking in from the shell.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("ORCH_") || key == "DATABASE_URL" || key == "QDRANT_URL" {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("ORCH_DATA_DIR", &self.data_dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        if let Backend::Redis { url, prefix } = &self.backend {
+            cmd.env("ORCH_REDIS_URL", url).env("ORCH_REDIS_PREFIX", prefix);
+        }
+        if let Some(url) = &self.database_url {
+            cmd.env("DATABASE_URL", url);
+        }
+        for (key, value) in &self.extra_env {
+            cmd.env(key, value);
+        }
+        cmd
+    }
+
+    /// Starts the API and waits until it answers `/health`.
+    pub async fn start_api(&self, args: &[&str]) -> Api {
+        let port = free_port();
+        let child = self
+            .command("orchestrator-api")
+            .env("ORCH_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .args(args)
+            .spawn()
+            .expect("start orchestrator-api");
+        let api = Api {
+            process: Process(Some(child)),
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            key: None,
+        };
+        api.wait_healthy().await;
+        api
+    }
+
+    /// Runs the API to completion, for start-up refusals.
+    pub fn run_api_expecting_exit(&self, addr: &str) -> (ExitStatus, String) {
+        let output = self
+            .command("orchestrator-api")
+            .env("ORCH_HTTP_ADDR", addr)
+            .output()
+            .expect("run orchestrator-api");
+        (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+
+    pub fn start_worker(&self, args: &[&str]) -> Process {
+        let child = self
+            .command("orchestrator-worker")
+            .args(args)
+            .spawn()
+            .expect("start orchestrator-worker");
+        Process(Some(child))
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A child process that is killed if the test ends first.
+pub struct Process(Option<Child>);
+
+impl Process {
+    pub fn pid(&self) -> i32 {
+        self.0.as_ref().expect("process running").id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.as_mut().expect("process").try_wait().expect("wait") {
+                self.0 = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not exit within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running API and an HTTP client for it.
+pub struct Api {
+    pub process: Process,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub key: Option<String>,
+}
+
+impl Api {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/health")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "API did not become healthy at {}", self.base);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn authed(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.authed(self.http.get(self.url(path))).send().await.expect("GET");
+        decode(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .authed(self.http.post(self.url(path)).json(body))
+            .send()
+            .await
+            .expect("POST");
+        decode(response).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .authed(self.http.patch(self.url(path)).json(body))
+            .send()
+            .await
+            .expect("PATCH");
+        decode(response).await
+    }
+
+    /// Sends a raw body with a JSON content type.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let response = self
+            .authed(self.http.post(self.url(path)))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        decode(response).await
+    }
+
+    /// Pushes one job and returns its id, asserting 202.
+    pub async fn push(&self, job: Value) -> String {
+        let (status, body) = self.post("/api/v1/jobs", &job).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "push {job}: {body}");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    /// Pushes `count` copies of `job` in batches of up to 10,000.
+    pub async fn push_many(&self, job: Value, count: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(count);
+        while ids.len() < count {
+            let n = (count - ids.len()).min(10_000);
+            let jobs: Vec<Value> = (0..n).map(|_| job.clone()).collect();
+            let (status, body) = self.post("/api/v1/jobs/batch", &json!({ "jobs": jobs })).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "batch push: {body}");
+            ids.extend(body["ids"].as_array().expect("ids").iter().map(|id| id.as_str().unwrap().to_string()));
+        }
+        ids
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "job {id}: {body}");
+        body
+    }
+
+    /// Waits until job `id` has `status`, failing the test after `timeout`.
+    pub async fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.job(id).await;
+            if job["status"] == status {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} never reached {status}: {job}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The counts of one queue from `GET /api/v1/queues`.
+    pub async fn queue(&self, name: &str) -> Value {
+        let (status, body) = self.get("/api/v1/queues").await;
+        assert_eq!(status, StatusCode::OK, "queues: {body}");
+        body["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("queue {name} missing from {body}"))
+    }
+
+    /// Waits until `done` of a queue reaches `expected`.
+    pub async fn wait_for_done(&self, queue: &str, expected: u64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let counts = self.queue(queue).await;
+            if counts["done"].as_u64() == Some(expected) {
+                return counts;
+            }
+            assert!(Instant::now() < deadline, "queue {queue} never reached done={expected}: {counts}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+async fn decode(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
