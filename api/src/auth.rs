@@ -21,14 +21,19 @@ pub struct ApiKeys(Arc<Vec<String>>);
 impl ApiKeys {
     /// Parses the comma-separated list, refusing empty or short keys.
     pub fn parse(raw: Option<&str>) -> Result<Self, String> {
-        let Some(raw) = raw else { return Ok(Self::default()) };
+        let Some(raw) = raw else {
+            return Ok(Self::default());
+        };
         let keys: Vec<String> = raw.split(',').map(|k| k.trim().to_string()).collect();
         if keys.iter().any(|k| k.len() < MIN_KEY_LEN) {
             return Err(format!(
                 "ORCH_API_KEYS: every key must be at least {MIN_KEY_LEN} characters (comma-separated, no empty entries)"
             ));
         }
-        if keys.iter().any(|k| !k.chars().all(|c| c.is_ascii_graphic())) {
+        if keys
+            .iter()
+            .any(|k| !k.chars().all(|c| c.is_ascii_graphic()))
+        {
             return Err("ORCH_API_KEYS: keys must be printable ASCII without spaces".into());
         }
         Ok(Self(Arc::new(keys)))
@@ -44,9 +49,9 @@ impl ApiKeys {
 
     fn accepts(&self, presented: &str) -> bool {
         // Compare every key in full so timing does not reveal a prefix.
-        self.0
-            .iter()
-            .fold(false, |found, key| found | constant_time_eq(key.as_bytes(), presented.as_bytes()))
+        self.0.iter().fold(false, |found, key| {
+            found | constant_time_eq(key.as_bytes(), presented.as_bytes())
+        })
     }
 }
 

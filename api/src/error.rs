@@ -77,7 +77,9 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonDataError(_) => "invalid_field",
             JsonRejection::JsonSyntaxError(_) => "malformed_json",
             JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-            JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 "body_too_large"
             }
             _ => "invalid_body",

@@ -1,8 +1,8 @@
 //! A JSON extractor whose rejections use the API's error body.
 
 use axum::{
-    extract::{FromRequest, Request},
     Json,
+    extract::{FromRequest, Request},
 };
 use serde::de::DeserializeOwned;
 

@@ -16,14 +16,20 @@ use orchestrator_shared::{
     config::{CommonConfig, parse_socket_addr},
     jobs,
     queue::{self, fleet},
-    shutdown, store::Store, telemetry,
+    shutdown,
+    store::Store,
+    telemetry,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{auth::ApiKeys, state::AppState};
 
 #[derive(Debug, Parser)]
-#[command(name = "orchestrator-api", version, about = "Master Orchestrator HTTP API")]
+#[command(
+    name = "orchestrator-api",
+    version,
+    about = "Master Orchestrator HTTP API"
+)]
 struct Cli {
     #[command(flatten)]
     common: CommonConfig,
@@ -72,7 +78,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "starting orchestrator-api ({} mode)\n{}\n  api keys:    {}",
         if embedded { "embedded" } else { "redis" },
         cli.common,
-        if keys.is_enabled() { format!("{} configured", keys.len()) } else { "none (auth off)".into() }
+        if keys.is_enabled() {
+            format!("{} configured", keys.len())
+        } else {
+            "none (auth off)".into()
+        }
     );
 
     let store = Store::connect(&cli.common).await?;
@@ -94,7 +104,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if embedded && !cli.no_workers {
         let mut assignments = Vec::new();
         for handler in &handlers {
-            let settings = store.queue(handler.queue()).await?.context("queue registry row")?;
+            let settings = store
+                .queue(handler.queue())
+                .await?
+                .context("queue registry row")?;
             assignments.push(fleet::Assignment {
                 handler: handler.clone(),
                 concurrency: settings.concurrency.max(1) as usize,

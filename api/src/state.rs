@@ -13,7 +13,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, queue: Arc<dyn QueueBackend>, handlers: Vec<Arc<dyn JobHandler>>) -> Self {
+    pub fn new(
+        store: Store,
+        queue: Arc<dyn QueueBackend>,
+        handlers: Vec<Arc<dyn JobHandler>>,
+    ) -> Self {
         Self {
             store,
             queue,

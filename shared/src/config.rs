@@ -162,7 +162,10 @@ fn validate_redis_url(raw: &str) -> Result<(), ConfigError> {
     if !matches!(url.scheme(), "redis" | "rediss") {
         return Err(ConfigError::new(
             "ORCH_REDIS_URL",
-            format!("scheme must be redis:// or rediss://, got {}://", url.scheme()),
+            format!(
+                "scheme must be redis:// or rediss://, got {}://",
+                url.scheme()
+            ),
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -229,7 +232,10 @@ mod tests {
     #[test]
     fn database_url_defaults_to_sqlite_in_data_dir() {
         let config = parse(&["--data-dir", "/tmp/x"]);
-        assert_eq!(config.database_url(), "sqlite:///tmp/x/orchestrator.db?mode=rwc");
+        assert_eq!(
+            config.database_url(),
+            "sqlite:///tmp/x/orchestrator.db?mode=rwc"
+        );
         assert_eq!(config.database_kind().unwrap(), DatabaseKind::Sqlite);
     }
 
@@ -249,7 +255,10 @@ mod tests {
             "postgres://u:hunter2@db/x",
         ]);
         let shown = config.to_string();
-        assert!(!shown.contains("secret") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let app = axum::Router::new().route("/metrics", axum::routing::get(render));
-    tracing::info!("metrics listening on http://{}/metrics", listener.local_addr()?);
+    tracing::info!(
+        "metrics listening on http://{}/metrics",
+        listener.local_addr()?
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

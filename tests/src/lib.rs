@@ -34,20 +34,37 @@ pub fn binary(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "-p", "orchestrator-api", "-p", "orchestrator-worker"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "orchestrator-api",
+                "-p",
+                "orchestrator-worker",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build for the binaries under test");
         assert!(status.success(), "building the binaries under test failed");
     });
     let path = target_dir().join("debug").join(name);
-    assert!(path.exists(), "{} is missing after the build", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing after the build",
+        path.display()
+    );
     path
 }
 
 pub fn redis_url() -> String {
-    let url = std::env::var("ORCH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let hostport = url.trim_start_matches("redis://").split('/').next().unwrap_or_default().to_string();
+    let url =
+        std::env::var("ORCH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         std::net::TcpStream::connect(&hostport).is_ok(),
         "Redis is not reachable at {url}: run deploy/scripts/test.sh, or set ORCH_TEST_REDIS_URL"
@@ -71,7 +88,10 @@ pub async fn fresh_postgres_database() -> String {
     db.execute_unprepared(&format!("CREATE DATABASE {name}"))
         .await
         .expect("create test database");
-    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+    let base = admin
+        .rsplit_once('/')
+        .map(|(base, _)| base)
+        .unwrap_or(&admin);
     format!("{base}/{name}")
 }
 
@@ -114,7 +134,8 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(backend: Backend) -> Self {
-        let data_dir = std::env::temp_dir().join(format!("orch-test-{}", uuid::Uuid::now_v7().simple()));
+        let data_dir =
+            std::env::temp_dir().join(format!("orch-test-{}", uuid::Uuid::now_v7().simple()));
         Self {
             backend,
             data_dir,
@@ -140,7 +161,8 @@ impl Setup {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
         if let Backend::Redis { url, prefix } = &self.backend {
-            cmd.env("ORCH_REDIS_URL", url).env("ORCH_REDIS_PREFIX", prefix);
+            cmd.env("ORCH_REDIS_URL", url)
+                .env("ORCH_REDIS_PREFIX", prefix);
         }
         if let Some(url) = &self.database_url {
             cmd.env("DATABASE_URL", url);
@@ -177,7 +199,10 @@ impl Setup {
             .env("ORCH_HTTP_ADDR", addr)
             .output()
             .expect("run orchestrator-api");
-        (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     pub fn start_worker(&self, args: &[&str]) -> Process {
@@ -222,7 +247,10 @@ impl Process {
                 self.0 = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "process did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -258,7 +286,11 @@ impl Api {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "API did not become healthy at {}", self.base);
+            assert!(
+                Instant::now() < deadline,
+                "API did not become healthy at {}",
+                self.base
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -271,7 +303,11 @@ impl Api {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.authed(self.http.get(self.url(path))).send().await.expect("GET");
+        let response = self
+            .authed(self.http.get(self.url(path)))
+            .send()
+            .await
+            .expect("GET");
         decode(response).await
     }
 
@@ -294,7 +330,11 @@ impl Api {
     }
 
     /// Sends a raw body with a JSON content type.
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         let response = self
             .authed(self.http.post(self.url(path)))
             .header("content-type", "application/json")
@@ -318,9 +358,17 @@ impl Api {
         while ids.len() < count {
             let n = (count - ids.len()).min(10_000);
             let jobs: Vec<Value> = (0..n).map(|_| job.clone()).collect();
-            let (status, body) = self.post("/api/v1/jobs/batch", &json!({ "jobs": jobs })).await;
+            let (status, body) = self
+                .post("/api/v1/jobs/batch", &json!({ "jobs": jobs }))
+                .await;
             assert_eq!(status, StatusCode::ACCEPTED, "batch push: {body}");
-            ids.extend(body["ids"].as_array().expect("ids").iter().map(|id| id.as_str().unwrap().to_string()));
+            ids.extend(
+                body["ids"]
+                    .as_array()
+                    .expect("ids")
+                    .iter()
+                    .map(|id| id.as_str().unwrap().to_string()),
+            );
         }
         ids
     }
@@ -339,7 +387,10 @@ impl Api {
             if job["status"] == status {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job {id} never reached {status}: {job}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never reached {status}: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -362,7 +413,10 @@ impl Api {
             if counts["done"].as_u64() == Some(expected) {
                 return counts;
             }
-            assert!(Instant::now() < deadline, "queue {queue} never reached done={expected}: {counts}");
+            assert!(
+                Instant::now() < deadline,
+                "queue {queue} never reached done={expected}: {counts}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

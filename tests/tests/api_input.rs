@@ -12,19 +12,72 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
     let api = setup.start_api(&["--no-workers"]).await;
 
     let cases: Vec<(&str, String, StatusCode, &str)> = vec![
-        ("malformed JSON", r#"{"queue": "noop""#.into(), StatusCode::BAD_REQUEST, "malformed_json"),
-        ("wrong type", r#"{"queue": 7}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
-        ("missing queue", r#"{"payload": {}}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
-        ("unknown field", r#"{"queue": "noop", "prio": 1}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
-        ("unknown queue", r#"{"queue": "nosuch"}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "unknown_queue"),
-        ("priority out of range", r#"{"queue": "noop", "priority": 5000}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        ("zero attempts", r#"{"queue": "noop", "max_attempts": 0}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        ("negative delay", r#"{"queue": "noop", "delay_ms": -1}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
-        ("empty idempotency key", r#"{"queue": "noop", "idempotency_key": ""}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        ("bad payload", r#"{"queue": "noop", "payload": {"sleep_ms": "x"}}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload"),
+        (
+            "malformed JSON",
+            r#"{"queue": "noop""#.into(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "wrong type",
+            r#"{"queue": 7}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "missing queue",
+            r#"{"payload": {}}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "unknown field",
+            r#"{"queue": "noop", "prio": 1}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "unknown queue",
+            r#"{"queue": "nosuch"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_queue",
+        ),
+        (
+            "priority out of range",
+            r#"{"queue": "noop", "priority": 5000}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "zero attempts",
+            r#"{"queue": "noop", "max_attempts": 0}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "negative delay",
+            r#"{"queue": "noop", "delay_ms": -1}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "empty idempotency key",
+            r#"{"queue": "noop", "idempotency_key": ""}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "bad payload",
+            r#"{"queue": "noop", "payload": {"sleep_ms": "x"}}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_payload",
+        ),
         (
             "oversized body",
-            format!(r#"{{"queue": "noop", "payload": {{"data": "{}"}}}}"#, "x".repeat(1024 * 1024 + 10)),
+            format!(
+                r#"{{"queue": "noop", "payload": {{"data": "{}"}}}}"#,
+                "x".repeat(1024 * 1024 + 10)
+            ),
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
         ),
@@ -33,11 +86,19 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
         let (status, reply) = api.post_raw("/api/v1/jobs", body).await;
         assert_eq!(status, expected, "{name}: {reply}");
         assert_eq!(reply["error"]["code"], code, "{name}: {reply}");
-        assert!(!reply["error"]["message"].as_str().unwrap_or_default().is_empty(), "{name}: {reply}");
+        assert!(
+            !reply["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{name}: {reply}"
+        );
     }
 
     let too_many: Vec<Value> = (0..10_001).map(|_| json!({"queue": "noop"})).collect();
-    let (status, reply) = api.post("/api/v1/jobs/batch", &json!({ "jobs": too_many })).await;
+    let (status, reply) = api
+        .post("/api/v1/jobs/batch", &json!({ "jobs": too_many }))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
     assert_eq!(reply["error"]["code"], "invalid_batch_size");
     let (status, reply) = api.post("/api/v1/jobs/batch", &json!({ "jobs": [] })).await;
@@ -47,24 +108,40 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
     let mixed = json!({"jobs": [{"queue": "noop"}, {"queue": "noop", "priority": 99999}]});
     let (status, reply) = api.post("/api/v1/jobs/batch", &mixed).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap().starts_with("jobs[1]:"), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("jobs[1]:"),
+        "{reply}"
+    );
 
-    let (status, reply) = api.get("/api/v1/jobs/01a20b50-faec-71d6-97d7-7e8d9f7cb6df").await;
+    let (status, reply) = api
+        .get("/api/v1/jobs/01a20b50-faec-71d6-97d7-7e8d9f7cb6df")
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
     assert_eq!(reply["error"]["code"], "job_not_found");
     let (status, reply) = api.get("/api/v1/jobs/not-a-job-id").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
 
-    let (status, reply) = api.patch("/api/v1/queues/noop", &json!({"max_attempts": 0})).await;
+    let (status, reply) = api
+        .patch("/api/v1/queues/noop", &json!({"max_attempts": 0}))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
-    let (status, reply) = api.patch("/api/v1/queues/nosuch", &json!({"max_attempts": 2})).await;
+    let (status, reply) = api
+        .patch("/api/v1/queues/nosuch", &json!({"max_attempts": 2}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
 
     // Nothing was enqueued or changed by any of it.
     let counts = api.queue("noop").await;
     assert_eq!(counts["pending"], 0, "{counts}");
     assert_eq!(counts["max_attempts"], 3, "{counts}");
-    assert!(!api.metrics().await.contains("orchestrator_jobs_enqueued_total{"));
+    assert!(
+        !api.metrics()
+            .await
+            .contains("orchestrator_jobs_enqueued_total{")
+    );
 }
 
 #[tokio::test]
@@ -98,7 +175,10 @@ async fn refuses_public_address_without_keys() {
     let setup = Setup::new(Backend::Embedded);
     let (status, stderr) = setup.run_api_expecting_exit("0.0.0.0:0");
     assert!(!status.success());
-    assert!(stderr.contains("refusing to listen on non-loopback"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on non-loopback"),
+        "{stderr}"
+    );
     let setup = Setup::new(Backend::Embedded).env("ORCH_API_KEYS", "short");
     let (status, stderr) = setup.run_api_expecting_exit("127.0.0.1:0");
     assert!(!status.success());
@@ -106,7 +186,10 @@ async fn refuses_public_address_without_keys() {
     let setup = Setup::new(Backend::Embedded).env("ORCH_REDIS_URL", "http://nope");
     let (status, stderr) = setup.run_api_expecting_exit("127.0.0.1:0");
     assert!(!status.success());
-    assert!(stderr.contains("ORCH_REDIS_URL: scheme must be redis://"), "{stderr}");
+    assert!(
+        stderr.contains("ORCH_REDIS_URL: scheme must be redis://"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -115,8 +198,17 @@ async fn openapi_document_describes_the_routes() {
     let api = setup.start_api(&["--no-workers"]).await;
     let (status, doc) = api.get("/api/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
-    for path in ["/api/v1/jobs", "/api/v1/jobs/batch", "/api/v1/jobs/{id}", "/api/v1/queues", "/ready"] {
-        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    for path in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/batch",
+        "/api/v1/jobs/{id}",
+        "/api/v1/queues",
+        "/ready",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
     }
     assert!(doc["components"]["schemas"].get("JobRequest").is_some());
 }

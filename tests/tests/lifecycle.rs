@@ -11,9 +11,11 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn push_then_done(backend: Backend) {
     let setup = Setup::new(backend.clone());
     let api = setup.start_api(&[]).await;
-    let _worker = matches!(backend, Backend::Redis { .. })
-        .then(|| setup.start_worker(&["--queues", "noop"]));
-    let id = api.push(json!({"queue": "noop", "payload": {"sleep_ms": 5}})).await;
+    let _worker =
+        matches!(backend, Backend::Redis { .. }).then(|| setup.start_worker(&["--queues", "noop"]));
+    let id = api
+        .push(json!({"queue": "noop", "payload": {"sleep_ms": 5}}))
+        .await;
     let job = api.wait_for_status(&id, "done", WAIT).await;
     assert_eq!(job["queue"], "noop");
     assert_eq!(job["attempts"], 1);
@@ -22,7 +24,10 @@ async fn push_then_done(backend: Backend) {
     assert_eq!(counts["done"], 1, "{counts}");
     assert_eq!(counts["pending"], 0, "{counts}");
     let metrics = api.metrics().await;
-    assert!(metrics.contains(r#"orchestrator_jobs_enqueued_total{queue="noop"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"orchestrator_jobs_enqueued_total{queue="noop"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -38,10 +43,12 @@ async fn push_then_done_redis() {
 async fn retry_then_dead(backend: Backend) {
     let setup = Setup::new(backend.clone());
     let api = setup.start_api(&[]).await;
-    let (status, _) = api.patch("/api/v1/queues/noop", &json!({"backoff_ms": 20})).await;
+    let (status, _) = api
+        .patch("/api/v1/queues/noop", &json!({"backoff_ms": 20}))
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let _worker = matches!(backend, Backend::Redis { .. })
-        .then(|| setup.start_worker(&["--queues", "noop"]));
+    let _worker =
+        matches!(backend, Backend::Redis { .. }).then(|| setup.start_worker(&["--queues", "noop"]));
     let recovers = api
         .push(json!({"queue": "noop", "payload": {"fail_attempts": 2}, "max_attempts": 3}))
         .await;
@@ -56,7 +63,10 @@ async fn retry_then_dead(backend: Backend) {
     assert_eq!(job["attempts"], 3, "{job}");
     let job = api.wait_for_status(&dies, "dead", WAIT).await;
     assert_eq!(job["attempts"], 2, "{job}");
-    assert!(job["error"].as_str().unwrap().contains("fail attempt 2"), "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("fail attempt 2"),
+        "{job}"
+    );
     let job = api.wait_for_status(&panics, "dead", WAIT).await;
     assert!(job["error"].as_str().unwrap().contains("panicked"), "{job}");
 
@@ -111,8 +121,8 @@ async fn idempotency_key_pushes_once_redis() {
 async fn delayed_job_waits_until_due(backend: Backend) {
     let setup = Setup::new(backend.clone());
     let api = setup.start_api(&[]).await;
-    let _worker = matches!(backend, Backend::Redis { .. })
-        .then(|| setup.start_worker(&["--queues", "noop"]));
+    let _worker =
+        matches!(backend, Backend::Redis { .. }).then(|| setup.start_worker(&["--queues", "noop"]));
     let id = api.push(json!({"queue": "noop", "delay_ms": 1500})).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(api.job(&id).await["status"], "pending");
@@ -135,8 +145,8 @@ async fn delayed_job_waits_until_due_redis() {
 async fn pause_holds_jobs_until_resume(backend: Backend) {
     let setup = Setup::new(backend.clone());
     let api = setup.start_api(&[]).await;
-    let _worker = matches!(backend, Backend::Redis { .. })
-        .then(|| setup.start_worker(&["--queues", "noop"]));
+    let _worker =
+        matches!(backend, Backend::Redis { .. }).then(|| setup.start_worker(&["--queues", "noop"]));
     let (status, paused) = api.post("/api/v1/queues/noop/pause", &json!({})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(paused["paused"], true);
@@ -167,9 +177,15 @@ async fn higher_priority_starts_first() {
     let api = setup.start_api(&[]).await;
     api.post("/api/v1/queues/noop/pause", &json!({})).await;
     // Each job sleeps, so finishing times are far enough apart to order.
-    let low = api.push(json!({"queue": "noop", "priority": -5, "payload": {"sleep_ms": 50}})).await;
-    let normal = api.push(json!({"queue": "noop", "payload": {"sleep_ms": 50}})).await;
-    let high = api.push(json!({"queue": "noop", "priority": 7, "payload": {"sleep_ms": 50}})).await;
+    let low = api
+        .push(json!({"queue": "noop", "priority": -5, "payload": {"sleep_ms": 50}}))
+        .await;
+    let normal = api
+        .push(json!({"queue": "noop", "payload": {"sleep_ms": 50}}))
+        .await;
+    let high = api
+        .push(json!({"queue": "noop", "priority": 7, "payload": {"sleep_ms": 50}}))
+        .await;
     let _worker = setup.start_worker(&["--queues", "noop", "--concurrency", "1"]);
     api.post("/api/v1/queues/noop/resume", &json!({})).await;
     let mut finished = Vec::new();

@@ -14,17 +14,24 @@ async fn backlog_of_50k_drains_after_worker_starts() {
     assert_eq!(api.queue("noop").await["pending"], 50_000);
 
     let mut worker = setup.start_worker(&["--queues", "noop"]);
-    let counts = api.wait_for_done("noop", 50_000, Duration::from_secs(120)).await;
+    let counts = api
+        .wait_for_done("noop", 50_000, Duration::from_secs(120))
+        .await;
     assert_eq!(counts["pending"], 0, "{counts}");
     assert_eq!(counts["dead"], 0, "{counts}");
-    assert!(worker.is_running(), "the worker stopped while draining the backlog");
+    assert!(
+        worker.is_running(),
+        "the worker stopped while draining the backlog"
+    );
 }
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
     let setup = Setup::new(Backend::redis());
     let api = setup.start_api(&[]).await;
-    let ids = api.push_many(json!({"queue": "noop", "payload": {"sleep_ms": 400}}), 300).await;
+    let ids = api
+        .push_many(json!({"queue": "noop", "payload": {"sleep_ms": 400}}), 300)
+        .await;
     let mut worker = setup.start_worker(&["--queues", "noop", "--concurrency", "50"]);
     // Let it get busy, then ask it to stop.
     tokio::time::sleep(Duration::from_millis(900)).await;
@@ -34,7 +41,10 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
     assert!(status.success(), "worker exited with {status}");
 
     let counts = api.queue("noop").await;
-    assert_eq!(counts["running"], 0, "jobs left leased after a clean stop: {counts}");
+    assert_eq!(
+        counts["running"], 0,
+        "jobs left leased after a clean stop: {counts}"
+    );
     assert_eq!(counts["dead"], 0, "{counts}");
     let done = counts["done"].as_u64().unwrap();
     assert!(done > 0 && done < 300, "{counts}");
@@ -42,7 +52,8 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
 
     // A new worker finishes the rest, each job exactly once.
     let _next = setup.start_worker(&["--queues", "noop", "--concurrency", "100"]);
-    api.wait_for_done("noop", 300, Duration::from_secs(30)).await;
+    api.wait_for_done("noop", 300, Duration::from_secs(30))
+        .await;
     for id in ids.iter().step_by(17) {
         assert_eq!(api.job(id).await["attempts"], 1);
     }
@@ -52,7 +63,8 @@ async fn sigterm_finishes_in_flight_jobs_and_loses_none() {
 async fn killed_worker_jobs_run_again_after_lease() {
     let setup = Setup::new(Backend::redis()).env("ORCH_LEASE_MS", "1500");
     let api = setup.start_api(&[]).await;
-    api.push_many(json!({"queue": "noop", "payload": {"sleep_ms": 2000}}), 40).await;
+    api.push_many(json!({"queue": "noop", "payload": {"sleep_ms": 2000}}), 40)
+        .await;
     let mut victim = setup.start_worker(&["--queues", "noop", "--concurrency", "40"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(api.queue("noop").await["running"], 40);

@@ -16,12 +16,17 @@ async fn postgres_store_push_then_done() {
     let _worker = setup.start_worker(&["--queues", "noop"]);
     api.post("/api/v1/queues/noop/pause", &json!({})).await;
     api.post("/api/v1/queues/noop/resume", &json!({})).await;
-    api.patch("/api/v1/queues/noop", &json!({"max_attempts": 7})).await;
+    api.patch("/api/v1/queues/noop", &json!({"max_attempts": 7}))
+        .await;
     let id = api.push(json!({"queue": "noop"})).await;
-    let job = api.wait_for_status(&id, "done", Duration::from_secs(20)).await;
+    let job = api
+        .wait_for_status(&id, "done", Duration::from_secs(20))
+        .await;
     assert_eq!(job["max_attempts"], 7, "{job}");
 
-    let db = Database::connect(&database_url).await.expect("connect to the test database");
+    let db = Database::connect(&database_url)
+        .await
+        .expect("connect to the test database");
     let row = db
         .query_one_raw(Statement::from_string(
             db.get_database_backend(),
@@ -44,6 +49,9 @@ async fn registry_survives_restart_on_sqlite() {
     }
     let api = setup.start_api(&[]).await;
     let counts = api.queue("noop").await;
-    assert_eq!(counts["paused"], true, "pause was lost across a restart: {counts}");
+    assert_eq!(
+        counts["paused"], true,
+        "pause was lost across a restart: {counts}"
+    );
     assert_eq!(counts["pending"], 1, "{counts}");
 }

@@ -7,12 +7,18 @@ use orchestrator_shared::{
     config::{CommonConfig, parse_socket_addr},
     jobs, metrics,
     queue::{self, fleet},
-    shutdown, store::Store, telemetry,
+    shutdown,
+    store::Store,
+    telemetry,
 };
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "orchestrator-worker", version, about = "Master Orchestrator queue worker")]
+#[command(
+    name = "orchestrator-worker",
+    version,
+    about = "Master Orchestrator queue worker"
+)]
 struct Cli {
     #[command(flatten)]
     common: CommonConfig,
@@ -51,12 +57,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for name in &cli.queues {
         let Some(handler) = jobs::handler_for(name) else {
             let known: Vec<&str> = jobs::builtin().iter().map(|h| h.queue()).collect();
-            bail!("--queues: unknown queue {name:?} (this worker serves: {})", known.join(", "));
+            bail!(
+                "--queues: unknown queue {name:?} (this worker serves: {})",
+                known.join(", ")
+            );
         };
         assignments.push(handler);
     }
     metrics::install();
-    tracing::info!("starting orchestrator-worker for {}\n{}", cli.queues.join(","), cli.common);
+    tracing::info!(
+        "starting orchestrator-worker for {}\n{}",
+        cli.queues.join(","),
+        cli.common
+    );
 
     let store = Store::connect(&cli.common).await?;
     store.seed_queues(&jobs::builtin()).await?;
@@ -74,20 +87,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mut plan = Vec::new();
     for handler in assignments {
-        let settings = store.queue(handler.queue()).await?.context("queue registry row")?;
-        let concurrency = cli.concurrency.unwrap_or(settings.concurrency.max(1) as u32);
+        let settings = store
+            .queue(handler.queue())
+            .await?
+            .context("queue registry row")?;
+        let concurrency = cli
+            .concurrency
+            .unwrap_or(settings.concurrency.max(1) as u32);
         plan.push(fleet::Assignment {
             handler,
             concurrency: concurrency as usize,
         });
     }
-    let mut workers = fleet::spawn_workers(
-        backend,
-        plan,
-        cli.common.lease(),
-        "worker",
-        shutdown_token,
-    );
+    let mut workers =
+        fleet::spawn_workers(backend, plan, cli.common.lease(), "worker", shutdown_token);
     while let Some(result) = workers.join_next().await {
         result??;
     }

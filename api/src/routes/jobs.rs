@@ -98,21 +98,30 @@ pub async fn push_batch(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_batch_size",
-            format!("jobs must hold 1 to {MAX_BATCH} jobs, got {}", request.jobs.len()),
+            format!(
+                "jobs must hold 1 to {MAX_BATCH} jobs, got {}",
+                request.jobs.len()
+            ),
         ));
     }
     let jobs = resolve(&state, request.jobs).await?;
     let pushed = push(&state, jobs).await?;
     let duplicates = pushed.iter().filter(|p| p.duplicate).count();
     let ids = pushed.into_iter().map(|p| p.id).collect();
-    Ok((StatusCode::ACCEPTED, Json(BatchAccepted { ids, duplicates })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(BatchAccepted { ids, duplicates }),
+    ))
 }
 
 /// A job's state, attempts and result.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = String, Path)), responses(
     (status = 200, body = JobInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
 ), security(("bearer" = [])))]
-pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<JobInfo>> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobInfo>> {
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -148,7 +157,10 @@ async fn resolve(state: &AppState, requests: Vec<JobRequest>) -> ApiResult<Vec<N
             if single {
                 e
             } else {
-                ApiError { message: format!("jobs[{index}]: {}", e.message), ..e }
+                ApiError {
+                    message: format!("jobs[{index}]: {}", e.message),
+                    ..e
+                }
             }
         };
         if !settings.contains_key(&request.queue) {
@@ -174,7 +186,11 @@ fn unknown_queue(name: &str) -> ApiError {
     )
 }
 
-fn validate(state: &AppState, queue: &QueueSettings, request: JobRequest) -> Result<NewJob, ApiError> {
+fn validate(
+    state: &AppState,
+    queue: &QueueSettings,
+    request: JobRequest,
+) -> Result<NewJob, ApiError> {
     let priority = request.priority.unwrap_or(0);
     if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&priority) {
         return Err(ApiError::invalid(format!(
@@ -189,7 +205,9 @@ fn validate(state: &AppState, queue: &QueueSettings, request: JobRequest) -> Res
     }
     let delay_ms = request.delay_ms.unwrap_or(0);
     if delay_ms > MAX_DELAY_MS {
-        return Err(ApiError::invalid(format!("delay_ms must be at most {MAX_DELAY_MS} (30 days)")));
+        return Err(ApiError::invalid(format!(
+            "delay_ms must be at most {MAX_DELAY_MS} (30 days)"
+        )));
     }
     if let Some(key) = &request.idempotency_key
         && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
@@ -199,9 +217,9 @@ fn validate(state: &AppState, queue: &QueueSettings, request: JobRequest) -> Res
         )));
     }
     let handler = &state.handlers[request.queue.as_str()];
-    handler
-        .validate(&request.payload)
-        .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message))?;
+    handler.validate(&request.payload).map_err(|message| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
+    })?;
     Ok(NewJob {
         queue: request.queue,
         payload: request.payload,

@@ -63,14 +63,20 @@ pub async fn list_queues(State(state): State<AppState>) -> ApiResult<Json<QueueL
 /// Stop handing out this queue's jobs; pushes still land.
 #[utoipa::path(post, path = "/api/v1/queues/{name}/pause", params(("name" = String, Path)), responses(
     (status = 200, body = QueueView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<QueueView>> {
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<QueueView>> {
     set_paused(state, name, true).await
 }
 
 /// Hand out this queue's jobs again.
 #[utoipa::path(post, path = "/api/v1/queues/{name}/resume", params(("name" = String, Path)), responses(
     (status = 200, body = QueueView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<QueueView>> {
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<QueueView>> {
     set_paused(state, name, false).await
 }
 
@@ -83,14 +89,26 @@ pub async fn update(
     Path(name): Path<String>,
     ApiJson(patch): ApiJson<QueuePatch>,
 ) -> ApiResult<Json<QueueView>> {
-    if patch.max_attempts.is_some_and(|n| !(1..=MAX_ATTEMPTS_LIMIT).contains(&n)) {
-        return Err(ApiError::invalid(format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
+    if patch
+        .max_attempts
+        .is_some_and(|n| !(1..=MAX_ATTEMPTS_LIMIT).contains(&n))
+    {
+        return Err(ApiError::invalid(format!(
+            "max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"
+        )));
     }
     if patch.backoff_ms.is_some_and(|ms| ms > MAX_BACKOFF_MS) {
-        return Err(ApiError::invalid(format!("backoff_ms must be at most {MAX_BACKOFF_MS}")));
+        return Err(ApiError::invalid(format!(
+            "backoff_ms must be at most {MAX_BACKOFF_MS}"
+        )));
     }
-    if patch.concurrency.is_some_and(|n| !(1..=MAX_CONCURRENCY).contains(&n)) {
-        return Err(ApiError::invalid(format!("concurrency must be between 1 and {MAX_CONCURRENCY}")));
+    if patch
+        .concurrency
+        .is_some_and(|n| !(1..=MAX_CONCURRENCY).contains(&n))
+    {
+        return Err(ApiError::invalid(format!(
+            "concurrency must be between 1 and {MAX_CONCURRENCY}"
+        )));
     }
     let update = QueueUpdate {
         max_attempts: patch.max_attempts,
@@ -98,7 +116,11 @@ pub async fn update(
         concurrency: patch.concurrency,
         ..QueueUpdate::default()
     };
-    let settings = state.store.update_queue(&name, update).await?.ok_or_else(|| no_queue(&name))?;
+    let settings = state
+        .store
+        .update_queue(&name, update)
+        .await?
+        .ok_or_else(|| no_queue(&name))?;
     Ok(Json(view(&state, settings).await?))
 }
 
@@ -113,7 +135,11 @@ async fn set_paused(state: AppState, name: String, paused: bool) -> ApiResult<Js
         paused: Some(paused),
         ..QueueUpdate::default()
     };
-    let settings = state.store.update_queue(&name, update).await?.ok_or_else(|| no_queue(&name))?;
+    let settings = state
+        .store
+        .update_queue(&name, update)
+        .await?
+        .ok_or_else(|| no_queue(&name))?;
     Ok(Json(view(&state, settings).await?))
 }
 
@@ -132,5 +158,9 @@ async fn view(state: &AppState, settings: QueueSettings) -> ApiResult<QueueView>
 
 fn no_queue(name: &str) -> ApiError {
     let shown: String = name.chars().take(64).collect();
-    ApiError::new(StatusCode::NOT_FOUND, "queue_not_found", format!("no queue named {shown:?}"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "queue_not_found",
+        format!("no queue named {shown:?}"),
+    )
 }

@@ -36,10 +36,12 @@ fn parse(payload: &Value) -> Result<NoopPayload, String> {
     if payload.is_null() {
         return Ok(NoopPayload::default());
     }
-    let parsed: NoopPayload = serde_json::from_value(payload.clone())
-        .map_err(|e| format!("noop payload: {e}"))?;
+    let parsed: NoopPayload =
+        serde_json::from_value(payload.clone()).map_err(|e| format!("noop payload: {e}"))?;
     if parsed.sleep_ms > MAX_SLEEP_MS {
-        return Err(format!("noop payload: sleep_ms must be at most {MAX_SLEEP_MS}"));
+        return Err(format!(
+            "noop payload: sleep_ms must be at most {MAX_SLEEP_MS}"
+        ));
     }
     Ok(parsed)
 }
@@ -105,7 +107,10 @@ mod tests {
     #[test]
     fn rejects_unknown_fields_and_long_sleeps() {
         assert!(Noop.validate(&json!({"sleep": 5})).is_err());
-        assert!(Noop.validate(&json!({"sleep_ms": MAX_SLEEP_MS + 1})).is_err());
+        assert!(
+            Noop.validate(&json!({"sleep_ms": MAX_SLEEP_MS + 1}))
+                .is_err()
+        );
         assert!(Noop.validate(&json!({"sleep_ms": 5})).is_ok());
         assert!(Noop.validate(&Value::Null).is_ok());
     }

@@ -4,7 +4,9 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use super::{Ack, Fetched, JobInfo, NewJob, Pushed, QueueCounts, redis::RedisBackend, sqlite::SqliteBackend};
+use super::{
+    Ack, Fetched, JobInfo, NewJob, Pushed, QueueCounts, redis::RedisBackend, sqlite::SqliteBackend,
+};
 use crate::config::CommonConfig;
 
 /// A place jobs are stored and leased from. Implementations are cheap to
@@ -73,6 +75,8 @@ pub async fn connect(config: &CommonConfig) -> anyhow::Result<Arc<dyn QueueBacke
         Some(url) => Ok(Arc::new(
             RedisBackend::connect(url, &config.redis_prefix).await?,
         )),
-        None => Ok(Arc::new(SqliteBackend::open(&config.queue_db_path()).await?)),
+        None => Ok(Arc::new(
+            SqliteBackend::open(&config.queue_db_path()).await?,
+        )),
     }
 }

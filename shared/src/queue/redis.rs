@@ -18,8 +18,8 @@ use std::{
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use fred::{
-    prelude::*,
     clients::SubscriberClient,
+    prelude::*,
     types::{Value as RedisValue, scripts::Script},
 };
 use tokio::sync::{Notify, OnceCell};
@@ -78,9 +78,12 @@ impl RedisBackend {
             .with_connection_config(|c| c.connection_timeout = Duration::from_secs(5))
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build_pool(POOL_SIZE)?;
-        pool.init()
-            .await
-            .with_context(|| format!("cannot connect to Redis at {}", crate::config::redact_url(url)))?;
+        pool.init().await.with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                crate::config::redact_url(url)
+            )
+        })?;
         Ok(Self {
             pool,
             config,
@@ -118,7 +121,9 @@ impl RedisBackend {
                 let wakers = self.wakers.clone();
                 tokio::spawn(async move {
                     while let Ok(message) = messages.recv().await {
-                        let Some(queue) = message.value.as_string() else { continue };
+                        let Some(queue) = message.value.as_string() else {
+                            continue;
+                        };
                         let waker = wakers.lock().expect("wakers lock").get(&queue).cloned();
                         if let Some(waker) = waker {
                             waker.notify_one();
@@ -200,7 +205,10 @@ impl QueueBackend for RedisBackend {
             .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
             .await
             .context("fetch from Redis")?;
-        let head = reply.first().and_then(RedisValue::as_string).unwrap_or_default();
+        let head = reply
+            .first()
+            .and_then(RedisValue::as_string)
+            .unwrap_or_default();
         if head == "paused" {
             return Ok(Fetched {
                 paused: true,
@@ -309,8 +317,10 @@ impl QueueBackend for RedisBackend {
     }
 
     async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
-        let fields: HashMap<String, String> =
-            self.client().hgetall(self.key(&format!("job:{id}"))).await?;
+        let fields: HashMap<String, String> = self
+            .client()
+            .hgetall(self.key(&format!("job:{id}")))
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -319,11 +329,8 @@ impl QueueBackend for RedisBackend {
 
     async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
         let live_since = now_ms().saturating_sub(WORKER_LIVENESS_MS) as i64;
-        let args: Vec<RedisValue> = vec![
-            self.prefix.clone().into(),
-            queue.into(),
-            live_since.into(),
-        ];
+        let args: Vec<RedisValue> =
+            vec![self.prefix.clone().into(), queue.into(), live_since.into()];
         let c: Vec<u64> = self
             .scripts
             .counts
@@ -361,7 +368,10 @@ impl QueueBackend for RedisBackend {
             .zadd(&key, None, None, false, false, (now as f64, worker))
             .await?;
         let stale = now.saturating_sub(WORKER_LIVENESS_MS * 4) as f64;
-        let _: i64 = self.client().zremrangebyscore(&key, f64::MIN, stale).await?;
+        let _: i64 = self
+            .client()
+            .zremrangebyscore(&key, f64::MIN, stale)
+            .await?;
         Ok(())
     }
 
@@ -397,7 +407,9 @@ fn job_info(id: &str, fields: &HashMap<String, String>) -> anyhow::Result<JobInf
         max_attempts: int("max_attempts") as u32,
         priority: int("priority") as i32,
         payload: serde_json::from_str(get("payload")).unwrap_or_default(),
-        result: fields.get("result").and_then(|r| serde_json::from_str(r).ok()),
+        result: fields
+            .get("result")
+            .and_then(|r| serde_json::from_str(r).ok()),
         error: fields.get("error").cloned(),
         created_at_ms: int("created_ms") as u64,
         updated_at_ms: int("updated_ms") as u64,

@@ -128,14 +128,18 @@ impl QueueBackend for SqliteBackend {
         let mut due_queues = Vec::new();
         for job in &jobs {
             if let Some(key) = &job.idempotency_key {
-                let prior: Option<String> =
-                    sqlx::query_scalar("SELECT id FROM jobs WHERE queue = ? AND idempotency_key = ?")
-                        .bind(&job.queue)
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                let prior: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM jobs WHERE queue = ? AND idempotency_key = ?",
+                )
+                .bind(&job.queue)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
                 if let Some(id) = prior {
-                    out.push(Pushed { id, duplicate: true });
+                    out.push(Pushed {
+                        id,
+                        duplicate: true,
+                    });
                     continue;
                 }
             }
@@ -161,7 +165,10 @@ impl QueueBackend for SqliteBackend {
             if job.delay_ms == 0 && !due_queues.contains(&job.queue) {
                 due_queues.push(job.queue.clone());
             }
-            out.push(Pushed { id, duplicate: false });
+            out.push(Pushed {
+                id,
+                duplicate: false,
+            });
         }
         tx.commit().await?;
         for queue in due_queues {
@@ -399,10 +406,11 @@ impl QueueBackend for SqliteBackend {
 
     async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
         let mut counts = QueueCounts::default();
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? GROUP BY status")
-            .bind(queue)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? GROUP BY status")
+                .bind(queue)
+                .fetch_all(&self.pool)
+                .await?;
         for row in rows {
             let n = row.get::<i64, _>("n") as u64;
             match row.get::<&str, _>("status") {

@@ -22,7 +22,10 @@ use apalis::prelude::*;
 use apalis_core::{
     backend::{Backend, BackendConfig},
     error::BoxDynError,
-    task::{ExecutionContext, task_id::{RandomId, TaskId}},
+    task::{
+        ExecutionContext,
+        task_id::{RandomId, TaskId},
+    },
     worker::{context::WorkerContext, ext::ack::AcknowledgementExt},
 };
 use futures::{FutureExt, future::BoxFuture};
@@ -325,7 +328,11 @@ impl Backend for JobSource {
     type Task = Task<LeasedJob>;
     type Error = std::convert::Infallible;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
@@ -338,7 +345,11 @@ impl Backend for JobSource {
         tasks.poll_recv(cx).map(|task| task.map(Ok))
     }
 
-    fn poll_close(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    fn poll_close(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 }

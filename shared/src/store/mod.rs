@@ -75,7 +75,10 @@ impl Store {
 
     /// Makes sure every built-in queue has a registry row, leaving existing
     /// rows (and the user's changes to them) alone.
-    pub async fn seed_queues(&self, handlers: &[std::sync::Arc<dyn JobHandler>]) -> anyhow::Result<()> {
+    pub async fn seed_queues(
+        &self,
+        handlers: &[std::sync::Arc<dyn JobHandler>],
+    ) -> anyhow::Result<()> {
         for handler in handlers {
             if self.queue(handler.queue()).await?.is_some() {
                 continue;
