@@ -26,6 +26,11 @@ use super::{
 };
 use crate::now_ms;
 
+/// Rows per multi-row INSERT (11 binds each, well under SQLite's limit).
+const INSERT_CHUNK: usize = 500;
+/// Acknowledgements per UPDATE statement.
+const ACK_CHUNK: usize = 500;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -101,6 +106,50 @@ impl SqliteBackend {
         wakers.entry(queue.to_string()).or_default().clone()
     }
 
+    /// A failed attempt: a retry after backoff, or `dead` when out of attempts.
+    async fn record_failure(
+        conn: &mut sqlx::SqliteConnection,
+        worker: &str,
+        id: &str,
+        error: String,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let row = sqlx::query(
+            "SELECT queue, attempts, max_attempts, backoff_ms FROM jobs
+             WHERE id = ? AND worker = ? AND status = 'running'",
+        )
+        .bind(id)
+        .bind(worker)
+        .fetch_optional(&mut *conn)
+        .await?;
+        // The lease was lost: the job runs again elsewhere.
+        let Some(row) = row else { return Ok(()) };
+        let attempts = row.get::<i64, _>("attempts") as u32;
+        let max_attempts = row.get::<i64, _>("max_attempts") as u32;
+        let backoff = row.get::<i64, _>("backoff_ms") as u64;
+        let (status, run_at) = if attempts >= max_attempts {
+            ("dead", now)
+        } else {
+            ("failed", now + retry_delay_ms(backoff, attempts) as i64)
+        };
+        sqlx::query(
+            "UPDATE jobs SET status = ?, error = ?, run_at = ?, worker = NULL,
+                    lease_until = NULL, updated_ms = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(run_at)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE queue_state SET failed = failed + 1 WHERE queue = ?")
+            .bind(row.get::<String, _>("queue"))
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     async fn ensure_queue(conn: &mut sqlx::SqliteConnection, queue: &str) -> sqlx::Result<()> {
         sqlx::query("INSERT OR IGNORE INTO queue_state (queue) VALUES (?)")
             .bind(queue)
@@ -125,16 +174,23 @@ impl QueueBackend for SqliteBackend {
         let now = now_ms() as i64;
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(jobs.len());
-        let mut due_queues = Vec::new();
+        let mut rows = Vec::with_capacity(jobs.len());
+        // Keys first seen in this batch, so a repeat inside it is a duplicate too.
+        let mut batch_keys: HashMap<(&str, &str), String> = HashMap::new();
         for job in &jobs {
             if let Some(key) = &job.idempotency_key {
-                let prior: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM jobs WHERE queue = ? AND idempotency_key = ?",
-                )
-                .bind(&job.queue)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let prior = match batch_keys.get(&(job.queue.as_str(), key.as_str())) {
+                    Some(id) => Some(id.clone()),
+                    None => {
+                        sqlx::query_scalar(
+                            "SELECT id FROM jobs WHERE queue = ? AND idempotency_key = ?",
+                        )
+                        .bind(&job.queue)
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    }
+                };
                 if let Some(id) = prior {
                     out.push(Pushed {
                         id,
@@ -144,35 +200,54 @@ impl QueueBackend for SqliteBackend {
                 }
             }
             let id = uuid::Uuid::now_v7().to_string();
-            sqlx::query(
-                "INSERT INTO jobs (id, queue, payload, priority, max_attempts, backoff_ms, status,
-                                   run_at, idempotency_key, created_ms, updated_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
-            )
-            .bind(&id)
-            .bind(&job.queue)
-            .bind(serde_json::to_string(&job.payload)?)
-            .bind(job.priority)
-            .bind(job.max_attempts)
-            .bind(job.backoff_ms as i64)
-            .bind(now + job.delay_ms as i64)
-            .bind(&job.idempotency_key)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            Self::ensure_queue(&mut tx, &job.queue).await?;
-            if job.delay_ms == 0 && !due_queues.contains(&job.queue) {
-                due_queues.push(job.queue.clone());
+            if let Some(key) = &job.idempotency_key {
+                batch_keys.insert((job.queue.as_str(), key.as_str()), id.clone());
             }
+            rows.push((id.clone(), job));
             out.push(Pushed {
                 id,
                 duplicate: false,
             });
         }
+        // Multi-row inserts: one statement per chunk instead of one per job.
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO jobs (id, queue, payload, priority, max_attempts, backoff_ms, status, \
+                 run_at, idempotency_key, created_ms, updated_ms) ",
+            );
+            let mut payloads = Vec::with_capacity(chunk.len());
+            for (_, job) in chunk {
+                payloads.push(serde_json::to_string(&job.payload)?);
+            }
+            insert.push_values(
+                chunk.iter().zip(payloads),
+                |mut row, ((id, job), payload)| {
+                    row.push_bind(id)
+                        .push_bind(&job.queue)
+                        .push_bind(payload)
+                        .push_bind(job.priority)
+                        .push_bind(job.max_attempts)
+                        .push_bind(job.backoff_ms as i64)
+                        .push_bind("pending")
+                        .push_bind(now + job.delay_ms as i64)
+                        .push_bind(&job.idempotency_key)
+                        .push_bind(now)
+                        .push_bind(now);
+                },
+            );
+            insert.build().execute(&mut *tx).await?;
+        }
+        let mut queues: Vec<&str> = rows.iter().map(|(_, job)| job.queue.as_str()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        for queue in &queues {
+            Self::ensure_queue(&mut tx, queue).await?;
+        }
         tx.commit().await?;
-        for queue in due_queues {
-            self.waker(&queue).notify_one();
+        for (_, job) in &rows {
+            if job.delay_ms == 0 {
+                self.waker(&job.queue).notify_one();
+            }
         }
         Ok(out)
     }
@@ -269,60 +344,41 @@ impl QueueBackend for SqliteBackend {
     async fn ack(&self, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()> {
         let now = now_ms() as i64;
         let mut tx = self.pool.begin().await?;
+        let mut successes = Vec::with_capacity(acks.len());
         for ack in acks {
-            let row = sqlx::query(
-                "SELECT queue, attempts, max_attempts, backoff_ms FROM jobs
-                 WHERE id = ? AND worker = ? AND status = 'running'",
-            )
-            .bind(&ack.id)
-            .bind(worker)
-            .fetch_optional(&mut *tx)
-            .await?;
-            // The lease was lost: the job runs again elsewhere.
-            let Some(row) = row else { continue };
-            let queue: String = row.get("queue");
-            let attempts = row.get::<i64, _>("attempts") as u32;
             match ack.outcome {
-                Ok(result) => {
-                    sqlx::query(
-                        "UPDATE jobs SET status = 'done', result = ?, worker = NULL,
-                                lease_until = NULL, updated_ms = ? WHERE id = ?",
-                    )
-                    .bind(serde_json::to_string(&result)?)
-                    .bind(now)
-                    .bind(&ack.id)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("UPDATE queue_state SET done = done + 1 WHERE queue = ?")
-                        .bind(&queue)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Err(error) => {
-                    let max_attempts = row.get::<i64, _>("max_attempts") as u32;
-                    let backoff = row.get::<i64, _>("backoff_ms") as u64;
-                    let (status, run_at) = if attempts >= max_attempts {
-                        ("dead", now)
-                    } else {
-                        ("failed", now + retry_delay_ms(backoff, attempts) as i64)
-                    };
-                    sqlx::query(
-                        "UPDATE jobs SET status = ?, error = ?, run_at = ?, worker = NULL,
-                                lease_until = NULL, updated_ms = ? WHERE id = ?",
-                    )
-                    .bind(status)
-                    .bind(error)
-                    .bind(run_at)
-                    .bind(now)
-                    .bind(&ack.id)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("UPDATE queue_state SET failed = failed + 1 WHERE queue = ?")
-                        .bind(&queue)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                Ok(result) => successes.push((ack.id, serde_json::to_string(&result)?)),
+                Err(error) => Self::record_failure(&mut tx, worker, &ack.id, error, now).await?,
             }
+        }
+        let mut done: HashMap<String, i64> = HashMap::new();
+        for chunk in successes.chunks(ACK_CHUNK) {
+            // One statement per chunk; jobs whose lease this worker lost are
+            // left alone (they run again elsewhere).
+            let mut update = sqlx::QueryBuilder::new("WITH acked(id, result) AS (");
+            update.push_values(chunk, |mut row, (id, result)| {
+                row.push_bind(id).push_bind(result);
+            });
+            update
+                .push(
+                    ") UPDATE jobs SET status = 'done', worker = NULL, lease_until = NULL, \
+                     result = (SELECT result FROM acked WHERE acked.id = jobs.id), updated_ms = ",
+                )
+                .push_bind(now)
+                .push(" WHERE id IN (SELECT id FROM acked) AND status = 'running' AND worker = ")
+                .push_bind(worker)
+                .push(" RETURNING queue");
+            let queues: Vec<String> = update.build_query_scalar().fetch_all(&mut *tx).await?;
+            for queue in queues {
+                *done.entry(queue).or_default() += 1;
+            }
+        }
+        for (queue, n) in done {
+            sqlx::query("UPDATE queue_state SET done = done + ? WHERE queue = ?")
+                .bind(n)
+                .bind(queue)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -115,7 +115,7 @@ async fn measure(name: &str, backend: Arc<dyn QueueBackend>, cli: &Cli) -> anyho
             break;
         }
         anyhow::ensure!(!run.is_finished(), "the worker stopped with {counts:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let process_rate = cli.jobs as f64 / started.elapsed().as_secs_f64();
     shutdown.cancel();
