@@ -13,12 +13,11 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Parser;
 use orchestrator_shared::{
+    bootstrap,
     config::{CommonConfig, parse_socket_addr},
     jobs,
-    queue::{self, fleet},
-    shutdown,
-    store::Store,
-    telemetry,
+    queue::fleet,
+    shutdown, telemetry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -85,10 +84,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     );
 
-    let store = Store::connect(&cli.common).await?;
+    let (store, backend) = bootstrap::open(&cli.common).await?;
     let handlers = jobs::builtin();
-    store.seed_queues(&handlers).await?;
-    let backend = queue::connect(&cli.common).await?;
     // The registry is the source of truth for paused flags; a fresh Redis
     // must learn them again.
     for settings in store.queues().await? {
@@ -102,17 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mut workers = tokio::task::JoinSet::new();
     if embedded && !cli.no_workers {
-        let mut assignments = Vec::new();
-        for handler in &handlers {
-            let settings = store
-                .queue(handler.queue())
-                .await?
-                .context("queue registry row")?;
-            assignments.push(fleet::Assignment {
-                handler: handler.clone(),
-                concurrency: settings.concurrency.max(1) as usize,
-            });
-        }
+        let assignments = bootstrap::assignments(&store, &handlers, None).await?;
         workers = fleet::spawn_workers(
             backend.clone(),
             assignments,
@@ -132,9 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     axum::serve(listener, app::router(state, keys))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
-    while let Some(result) = workers.join_next().await {
-        result??;
-    }
+    bootstrap::join_workers(workers).await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

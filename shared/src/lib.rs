@@ -7,6 +7,7 @@
 //! the typed configuration every binary parses, and [`metrics`] the
 //! Prometheus names and exporter.
 
+pub mod bootstrap;
 pub mod config;
 pub mod jobs;
 pub mod metrics;

@@ -197,3 +197,27 @@ async fn higher_priority_starts_first() {
     let order: Vec<&str> = finished.iter().map(|(_, name)| *name).collect();
     assert_eq!(order, ["high", "normal", "low"]);
 }
+
+#[tokio::test]
+async fn rate_limit_spaces_out_job_starts() {
+    let setup = Setup::new(Backend::redis());
+    let api = setup.start_api(&[]).await;
+    let (status, queue) = api
+        .patch("/api/v1/queues/noop", &json!({"rate_limit_per_s": 20}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{queue}");
+    assert_eq!(queue["rate_limit_per_s"], 20);
+    let ids = api.push_many(json!({"queue": "noop"}), 45).await;
+    let _worker = setup.start_worker(&["--queues", "noop"]);
+    api.wait_for_done("noop", 45, WAIT).await;
+    let mut finished: Vec<u64> = Vec::new();
+    for id in &ids {
+        finished.push(api.job(id).await["updated_at_ms"].as_u64().unwrap());
+    }
+    let spread = finished.iter().max().unwrap() - finished.iter().min().unwrap();
+    // 20 per second: 45 jobs need at least two full windows after the first.
+    assert!(
+        spread >= 1_800,
+        "45 jobs at 20/s finished within {spread} ms"
+    );
+}

@@ -4,12 +4,11 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use orchestrator_shared::{
+    bootstrap,
     config::{CommonConfig, parse_socket_addr},
     jobs, metrics,
-    queue::{self, fleet},
-    shutdown,
-    store::Store,
-    telemetry,
+    queue::fleet,
+    shutdown, telemetry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -71,9 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.common
     );
 
-    let store = Store::connect(&cli.common).await?;
-    store.seed_queues(&jobs::builtin()).await?;
-    let backend = queue::connect(&cli.common).await?;
+    let (store, backend) = bootstrap::open(&cli.common).await?;
 
     let shutdown_token = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown_token.clone());
@@ -85,25 +82,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     fleet::spawn_depth_sampler(backend.clone(), cli.queues.clone(), shutdown_token.clone());
 
-    let mut plan = Vec::new();
-    for handler in assignments {
-        let settings = store
-            .queue(handler.queue())
-            .await?
-            .context("queue registry row")?;
-        let concurrency = cli
-            .concurrency
-            .unwrap_or(settings.concurrency.max(1) as u32);
-        plan.push(fleet::Assignment {
-            handler,
-            concurrency: concurrency as usize,
-        });
-    }
-    let mut workers =
-        fleet::spawn_workers(backend, plan, cli.common.lease(), "worker", shutdown_token);
-    while let Some(result) = workers.join_next().await {
-        result??;
-    }
+    let plan = bootstrap::assignments(&store, &assignments, cli.concurrency).await?;
+    let workers = fleet::spawn_workers(backend, plan, cli.common.lease(), "worker", shutdown_token);
+    bootstrap::join_workers(workers).await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -20,6 +20,8 @@ use crate::{
 
 /// Most jobs of one queue a worker process runs at once.
 const MAX_CONCURRENCY: u32 = 10_000;
+/// Highest per-worker rate limit, in jobs per second.
+const MAX_RATE_LIMIT: u32 = 1_000_000;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueView {
@@ -46,8 +48,12 @@ pub struct QueuePatch {
     pub max_attempts: Option<u32>,
     /// First retry delay in ms (doubles per retry), 0 to 3,600,000.
     pub backoff_ms: Option<u64>,
-    /// Jobs one worker process runs at once, 1 to 10,000.
+    /// Jobs one worker process runs at once, 1 to 10,000 (read by workers
+    /// when they start).
     pub concurrency: Option<u32>,
+    /// Jobs one worker process starts per second, 1 to 1,000,000; 0 removes
+    /// the limit (read by workers when they start).
+    pub rate_limit_per_s: Option<u32>,
 }
 
 /// Every queue with its settings and live counts.
@@ -110,10 +116,16 @@ pub async fn update(
             "concurrency must be between 1 and {MAX_CONCURRENCY}"
         )));
     }
+    if patch.rate_limit_per_s.is_some_and(|n| n > MAX_RATE_LIMIT) {
+        return Err(ApiError::invalid(format!(
+            "rate_limit_per_s must be between 0 (no limit) and {MAX_RATE_LIMIT}"
+        )));
+    }
     let update = QueueUpdate {
         max_attempts: patch.max_attempts,
         backoff_ms: patch.backoff_ms,
         concurrency: patch.concurrency,
+        rate_limit_per_s: patch.rate_limit_per_s.map(|n| (n > 0).then_some(n)),
         ..QueueUpdate::default()
     };
     let settings = state

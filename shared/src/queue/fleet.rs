@@ -26,6 +26,7 @@ pub fn worker_id(role: &str) -> String {
 pub struct Assignment {
     pub handler: Arc<dyn JobHandler>,
     pub concurrency: usize,
+    pub rate_limit_per_s: Option<u32>,
 }
 
 /// Starts one apalis worker per assignment; each ends after `shutdown` once
@@ -44,6 +45,7 @@ pub fn spawn_workers(
             concurrency: assignment.concurrency,
             lease,
             worker_id: worker_id(role),
+            rate_limit_per_s: assignment.rate_limit_per_s,
         };
         tracing::info!(
             queue = %options.queue,

@@ -32,7 +32,7 @@ use futures::{FutureExt, future::BoxFuture};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tower::{layer::util::Identity, service_fn};
+use tower::{layer::util::Identity, limit::RateLimitLayer, service_fn};
 
 use super::{Ack, LeasedJob, QueueBackend};
 use crate::{jobs::JobHandler, metrics as m, now_ms};
@@ -55,6 +55,8 @@ pub struct WorkerOptions {
     pub lease: Duration,
     /// Unique per worker; leases are held in this name.
     pub worker_id: String,
+    /// Most jobs this worker starts per second, if limited.
+    pub rate_limit_per_s: Option<u32>,
 }
 
 /// Jobs this worker holds (leased, not yet acknowledged): renewed by the
@@ -106,6 +108,11 @@ pub async fn run(
             tasks: task_rx.clone(),
         })
         .concurrency(concurrency)
+        .option_layer(
+            options
+                .rate_limit_per_s
+                .map(|n| RateLimitLayer::new(u64::from(n.max(1)), Duration::from_secs(1))),
+        )
         .ack_with(Acknowledger { tx: ack_tx })
         .catch_panic()
         .build(service_fn(move |task: Task<LeasedJob>| {

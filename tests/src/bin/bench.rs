@@ -101,6 +101,7 @@ async fn measure(name: &str, backend: Arc<dyn QueueBackend>, cli: &Cli) -> anyho
         concurrency: cli.concurrency as usize,
         lease: Duration::from_secs(30),
         worker_id: format!("bench-{}", uuid::Uuid::now_v7().simple()),
+        rate_limit_per_s: None,
     };
     let started = Instant::now();
     let run = tokio::spawn(worker::run(
