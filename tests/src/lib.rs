@@ -206,12 +206,30 @@ impl Setup {
     }
 
     pub fn start_worker(&self, args: &[&str]) -> Process {
+        self.start_worker_with_env(args, &[])
+    }
+
+    pub fn start_worker_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Process {
         let child = self
             .command("orchestrator-worker")
             .args(args)
+            .envs(env.iter().copied())
             .spawn()
             .expect("start orchestrator-worker");
         Process(Some(child))
+    }
+
+    /// Runs the worker to completion, for start-up refusals.
+    pub fn run_worker_expecting_exit(&self, args: &[&str]) -> (ExitStatus, String) {
+        let output = self
+            .command("orchestrator-worker")
+            .args(args)
+            .output()
+            .expect("run orchestrator-worker");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 }
 
@@ -422,14 +440,7 @@ impl Api {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text")
+        fetch_text(&self.url("/metrics")).await
     }
 }
 
@@ -438,4 +449,16 @@ async fn decode(response: reqwest::Response) -> (StatusCode, Value) {
     let text = response.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
+}
+
+/// GETs a URL as text, retrying for a few seconds while nothing listens yet.
+pub async fn fetch_text(url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match reqwest::get(url).await {
+            Ok(response) => return response.text().await.expect("response text"),
+            Err(err) => assert!(Instant::now() < deadline, "GET {url}: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

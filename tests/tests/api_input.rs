@@ -190,6 +190,17 @@ async fn refuses_public_address_without_keys() {
         stderr.contains("ORCH_REDIS_URL: scheme must be redis://"),
         "{stderr}"
     );
+    let setup = Setup::new(Backend::Embedded);
+    let (status, stderr) = setup.run_worker_expecting_exit(&["--queues", "noop,nosuch"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--queues: unknown queue \"nosuch\""),
+        "{stderr}"
+    );
+    let (status, stderr) =
+        setup.run_worker_expecting_exit(&["--queues", "noop", "--concurrency", "0"]);
+    assert!(!status.success());
+    assert!(stderr.contains("--concurrency"), "{stderr}");
 }
 
 #[tokio::test]

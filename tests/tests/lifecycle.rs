@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orchestrator_tests::{Backend, Setup, StatusCode};
+use orchestrator_tests::{Backend, Setup, StatusCode, fetch_text, free_port};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -11,8 +11,13 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn push_then_done(backend: Backend) {
     let setup = Setup::new(backend.clone());
     let api = setup.start_api(&[]).await;
-    let _worker =
-        matches!(backend, Backend::Redis { .. }).then(|| setup.start_worker(&["--queues", "noop"]));
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let _worker = matches!(backend, Backend::Redis { .. }).then(|| {
+        setup.start_worker_with_env(
+            &["--queues", "noop"],
+            &[("ORCH_METRICS_ADDR", &metrics_addr)],
+        )
+    });
     let id = api
         .push(json!({"queue": "noop", "payload": {"sleep_ms": 5}}))
         .await;
@@ -27,6 +32,17 @@ async fn push_then_done(backend: Backend) {
     assert!(
         metrics.contains(r#"orchestrator_jobs_enqueued_total{queue="noop"} 1"#),
         "{metrics}"
+    );
+    // Whoever ran the job counts it: the API in embedded mode, else the worker.
+    let runner_metrics = match backend {
+        Backend::Embedded => metrics,
+        Backend::Redis { .. } => fetch_text(&format!("http://{metrics_addr}/metrics")).await,
+    };
+    let done = r#"orchestrator_jobs_completed_total{queue="noop",outcome="done"} 1"#;
+    assert!(runner_metrics.contains(done), "{runner_metrics}");
+    assert!(
+        runner_metrics.contains("orchestrator_job_duration_seconds_bucket"),
+        "{runner_metrics}"
     );
 }
 

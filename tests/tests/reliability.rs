@@ -12,6 +12,7 @@ async fn backlog_of_50k_drains_after_worker_starts() {
     let api = setup.start_api(&[]).await;
     api.push_many(json!({"queue": "noop"}), 50_000).await;
     assert_eq!(api.queue("noop").await["pending"], 50_000);
+    wait_for_metric(&api, r#"orchestrator_queue_depth{queue="noop"} 50000"#).await;
 
     let mut worker = setup.start_worker(&["--queues", "noop"]);
     let counts = api
@@ -23,6 +24,22 @@ async fn backlog_of_50k_drains_after_worker_starts() {
         worker.is_running(),
         "the worker stopped while draining the backlog"
     );
+}
+
+/// Waits for a line in the API's metrics (gauges are sampled every 2 s).
+async fn wait_for_metric(api: &orchestrator_tests::Api, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = api.metrics().await;
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{line} never appeared in:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
