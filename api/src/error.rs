@@ -95,3 +95,9 @@ impl From<anyhow::Error> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A client-supplied name as it may appear in a message: cut to 64
+/// characters, so a hostile name cannot bloat the reply.
+pub fn shown(name: &str) -> String {
+    name.chars().take(64).collect()
+}

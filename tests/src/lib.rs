@@ -205,6 +205,15 @@ impl Setup {
         )
     }
 
+    /// A `noop` worker process, except in embedded mode where the API runs
+    /// its workers itself.
+    pub fn start_noop_worker_unless_embedded(&self) -> Option<Process> {
+        match self.backend {
+            Backend::Embedded => None,
+            Backend::Redis { .. } => Some(self.start_worker(&["--queues", "noop"])),
+        }
+    }
+
     pub fn start_worker(&self, args: &[&str]) -> Process {
         self.start_worker_with_env(args, &[])
     }

@@ -63,8 +63,7 @@ async fn retry_then_dead(backend: Backend) {
         .patch("/api/v1/queues/noop", &json!({"backoff_ms": 20}))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let _worker =
-        matches!(backend, Backend::Redis { .. }).then(|| setup.start_worker(&["--queues", "noop"]));
+    let _worker = setup.start_noop_worker_unless_embedded();
     let recovers = api
         .push(json!({"queue": "noop", "payload": {"fail_attempts": 2}, "max_attempts": 3}))
         .await;
@@ -137,8 +136,7 @@ async fn idempotency_key_pushes_once_redis() {
 async fn delayed_job_waits_until_due(backend: Backend) {
     let setup = Setup::new(backend.clone());
     let api = setup.start_api(&[]).await;
-    let _worker =
-        matches!(backend, Backend::Redis { .. }).then(|| setup.start_worker(&["--queues", "noop"]));
+    let _worker = setup.start_noop_worker_unless_embedded();
     let id = api.push(json!({"queue": "noop", "delay_ms": 1500})).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(api.job(&id).await["status"], "pending");
@@ -161,8 +159,7 @@ async fn delayed_job_waits_until_due_redis() {
 async fn pause_holds_jobs_until_resume(backend: Backend) {
     let setup = Setup::new(backend.clone());
     let api = setup.start_api(&[]).await;
-    let _worker =
-        matches!(backend, Backend::Redis { .. }).then(|| setup.start_worker(&["--queues", "noop"]));
+    let _worker = setup.start_noop_worker_unless_embedded();
     let (status, paused) = api.post("/api/v1/queues/noop/pause", &json!({})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(paused["paused"], true);

@@ -20,7 +20,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::{
-    error::{ApiError, ApiResult, ErrorBody},
+    error::{ApiError, ApiResult, ErrorBody, shown},
     extract::ApiJson,
     state::AppState,
 };
@@ -178,7 +178,7 @@ async fn resolve(state: &AppState, requests: Vec<JobRequest>) -> ApiResult<Vec<N
 }
 
 fn unknown_queue(name: &str) -> ApiError {
-    let shown: String = name.chars().take(64).collect();
+    let shown = shown(name);
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "unknown_queue",

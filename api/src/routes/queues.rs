@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    error::{ApiError, ApiResult, ErrorBody},
+    error::{ApiError, ApiResult, ErrorBody, shown},
     extract::ApiJson,
     state::AppState,
 };
@@ -169,7 +169,7 @@ async fn view(state: &AppState, settings: QueueSettings) -> ApiResult<QueueView>
 }
 
 fn no_queue(name: &str) -> ApiError {
-    let shown: String = name.chars().take(64).collect();
+    let shown = shown(name);
     ApiError::new(
         StatusCode::NOT_FOUND,
         "queue_not_found",
