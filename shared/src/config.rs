@@ -18,7 +18,7 @@ pub struct CommonConfig {
     #[arg(long, env = "ORCH_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
 
-    /// Redis URL (redis://host:port/db). Set: queues live in Redis and many
+    /// Redis URL (redis://[:password@]host:port[/db]). Set: queues live in Redis and many
     /// processes share them. Unset: embedded SQLite queues.
     #[arg(long, env = "ORCH_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -159,13 +159,16 @@ fn validate_redis_url(raw: &str) -> Result<(), ConfigError> {
             format!("invalid URL {:?}: {e}", redact_url(raw)),
         )
     })?;
-    if !matches!(url.scheme(), "redis" | "rediss") {
+    if url.scheme() == "rediss" {
         return Err(ConfigError::new(
             "ORCH_REDIS_URL",
-            format!(
-                "scheme must be redis:// or rediss://, got {}://",
-                url.scheme()
-            ),
+            "rediss:// (TLS) is not supported by this build; use redis:// on a private network or through a TLS tunnel",
+        ));
+    }
+    if url.scheme() != "redis" {
+        return Err(ConfigError::new(
+            "ORCH_REDIS_URL",
+            format!("scheme must be redis://, got {}://", url.scheme()),
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {

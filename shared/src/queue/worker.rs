@@ -79,13 +79,16 @@ pub async fn run(
     let task_rx = Arc::new(Mutex::new(task_rx));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
 
+    // Its own token: fetching must also stop if the apalis worker ends
+    // without a shutdown request.
+    let stop_fetching = shutdown.child_token();
     let fetcher = tokio::spawn(fetch_loop(
         backend.clone(),
         options.clone(),
         capacity.clone(),
         held.clone(),
         task_tx,
-        shutdown.clone(),
+        stop_fetching.clone(),
     ));
     let acker = tokio::spawn(ack_loop(
         backend.clone(),
@@ -133,6 +136,7 @@ pub async fn run(
     }
 
     // Everything below is the drain: nothing fetched may be left behind.
+    stop_fetching.cancel();
     let _ = fetcher.await;
     let unstarted = drain_unstarted(&task_rx);
     if !unstarted.is_empty() {
