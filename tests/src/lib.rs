@@ -34,14 +34,9 @@ pub fn binary(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "orchestrator-api",
-                "-p",
-                "orchestrator-worker",
-            ])
+            // The whole workspace, as deploy/scripts/test.sh builds it: the same
+            // feature set, so after that script this is a no-op.
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build for the binaries under test");
