@@ -14,7 +14,7 @@ use utoipa::{
 use crate::{
     auth::{self, ApiKeys},
     error::{ErrorBody, ErrorDetail},
-    routes::{health, jobs, queues},
+    routes::{dead, health, jobs, queues},
     state::AppState,
 };
 
@@ -32,6 +32,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
         health::health, health::ready, health::metrics,
         jobs::push_job, jobs::push_batch, jobs::get_job,
         queues::list_queues, queues::pause, queues::resume, queues::update,
+        dead::list, dead::requeue, dead::requeue_job,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -61,10 +62,13 @@ pub fn router(state: AppState, keys: ApiKeys) -> Router {
             post(jobs::push_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
         )
         .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/requeue", post(dead::requeue_job))
         .route("/v1/queues", get(queues::list_queues))
         .route("/v1/queues/{name}", patch(queues::update))
         .route("/v1/queues/{name}/pause", post(queues::pause))
         .route("/v1/queues/{name}/resume", post(queues::resume))
+        .route("/v1/queues/{name}/dead", get(dead::list))
+        .route("/v1/queues/{name}/dead/requeue", post(dead::requeue))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .layer(middleware::from_fn_with_state(keys, auth::require_key));
     Router::new()

@@ -234,3 +234,63 @@ async fn rate_limit_spaces_out_job_starts() {
         "45 jobs at 20/s finished within {spread} ms"
     );
 }
+
+async fn poison_job_dies_alone_and_can_be_requeued(backend: Backend) {
+    let setup = Setup::new(backend);
+    let api = setup.start_api(&[]).await;
+    api.patch("/api/v1/queues/noop", &json!({"backoff_ms": 400}))
+        .await;
+    let _worker = setup.start_noop_worker_unless_embedded();
+    let poison = api
+        .push(json!({"queue": "noop", "payload": {"fail_attempts": 100}, "max_attempts": 3}))
+        .await;
+    api.push_many(json!({"queue": "noop"}), 2_000).await;
+    // The healthy jobs all finish while the poison job waits out its retries.
+    let counts = api.wait_for_done("noop", 2_000, WAIT).await;
+    assert_ne!(
+        counts["dead"], 1,
+        "poison job died before the others finished: {counts}"
+    );
+    let dead = api.wait_for_status(&poison, "dead", WAIT).await;
+    assert_eq!(dead["attempts"], 3, "{dead}");
+
+    let (status, listed) = api.get("/api/v1/queues/noop/dead?limit=10").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["jobs"][0]["id"], poison.as_str(), "{listed}");
+
+    let (status, requeued) = api
+        .post(&format!("/api/v1/jobs/{poison}/requeue"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{requeued}");
+    assert_eq!(requeued["attempts"], 0, "{requeued}");
+    // It runs again (and, still poisoned, dies again after three more attempts).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = api.wait_for_status(&poison, "dead", WAIT).await;
+    assert_eq!(again["attempts"], 3, "{again}");
+    assert_eq!(api.queue("noop").await["failed"], 6);
+
+    let (status, bulk) = api
+        .post("/api/v1/queues/noop/dead/requeue", &json!({"max": 10}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{bulk}");
+    assert_eq!(bulk["requeued"], json!([poison]), "{bulk}");
+
+    let healthy = api.push(json!({"queue": "noop"})).await;
+    api.wait_for_status(&healthy, "done", WAIT).await;
+    let (status, body) = api
+        .post(&format!("/api/v1/jobs/{healthy}/requeue"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = api.get("/api/v1/queues/noop/dead?limit=0").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+#[tokio::test]
+async fn poison_job_dies_alone_and_can_be_requeued_embedded() {
+    poison_job_dies_alone_and_can_be_requeued(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn poison_job_dies_alone_and_can_be_requeued_redis() {
+    poison_job_dies_alone_and_can_be_requeued(Backend::redis()).await;
+}

@@ -122,13 +122,7 @@ pub async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobInfo>> {
-    if uuid::Uuid::parse_str(&id).is_err() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_job_id",
-            "job ids are UUIDs as returned by POST /api/v1/jobs",
-        ));
-    }
+    parse_job_id(&id)?;
     match state.queue.job(&id).await? {
         Some(job) => Ok(Json(job)),
         None => Err(ApiError::not_found("job_not_found", format!("no job {id}"))),
@@ -229,4 +223,19 @@ fn validate(
         idempotency_key: request.idempotency_key,
         delay_ms,
     })
+}
+
+/// Job ids are the UUIDs pushes return; anything else is a client error.
+pub fn parse_job_id(id: &str) -> ApiResult<()> {
+    match uuid::Uuid::parse_str(id) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_job_id",
+            format!(
+                "job ids are UUIDs as returned by POST /api/v1/jobs, got {:?}",
+                shown(id)
+            ),
+        )),
+    }
 }

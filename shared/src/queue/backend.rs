@@ -55,6 +55,19 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// Everything known about a job, or `None` for an unknown id.
     async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>>;
 
+    /// The most recently dead jobs of `queue`, newest first.
+    async fn dead_jobs(&self, queue: &str, limit: usize) -> anyhow::Result<Vec<JobInfo>>;
+
+    /// Puts dead jobs of `queue` back to `pending` with their attempts reset:
+    /// the listed ones (others are skipped), or up to `max` oldest when
+    /// `ids` is empty. Returns the ids requeued.
+    async fn requeue_dead(
+        &self,
+        queue: &str,
+        ids: &[String],
+        max: usize,
+    ) -> anyhow::Result<Vec<String>>;
+
     /// Live counts of one queue.
     async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts>;
 

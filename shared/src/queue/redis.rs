@@ -44,6 +44,7 @@ struct Scripts {
     extend: Script,
     release: Script,
     counts: Script,
+    requeue: Script,
 }
 
 impl Scripts {
@@ -55,6 +56,7 @@ impl Scripts {
             extend: Script::from_lua(include_str!("lua/extend.lua")),
             release: Script::from_lua(include_str!("lua/release.lua")),
             counts: Script::from_lua(include_str!("lua/counts.lua")),
+            requeue: Script::from_lua(include_str!("lua/requeue.lua")),
         }
     }
 }
@@ -325,6 +327,39 @@ impl QueueBackend for RedisBackend {
             return Ok(None);
         }
         job_info(id, &fields).map(Some)
+    }
+
+    async fn dead_jobs(&self, queue: &str, limit: usize) -> anyhow::Result<Vec<JobInfo>> {
+        let key = self.key(&format!("q:{queue}:dead"));
+        let ids: Vec<String> = self
+            .client()
+            .zrevrange(key, 0, limit.saturating_sub(1) as i64, false)
+            .await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            jobs.extend(self.job(&id).await?);
+        }
+        Ok(jobs)
+    }
+
+    async fn requeue_dead(
+        &self,
+        queue: &str,
+        ids: &[String],
+        max: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            queue.into(),
+            (now_ms() as i64).into(),
+            (max as i64).into(),
+        ];
+        args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
+        Ok(self
+            .scripts
+            .requeue
+            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
+            .await?)
     }
 
     async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {

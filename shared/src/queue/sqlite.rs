@@ -432,32 +432,67 @@ impl QueueBackend for SqliteBackend {
     }
 
     async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
-        let row = sqlx::query(
-            "SELECT id, queue, status, attempts, max_attempts, priority, payload, result, error,
-                    created_ms, updated_ms FROM jobs WHERE id = ?",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+        )))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let status: String = row.get("status");
-        Ok(Some(JobInfo {
-            id: row.get("id"),
-            queue: row.get("queue"),
-            status: JobStatus::parse(&status)
-                .with_context(|| format!("job {id} has unknown status {status:?}"))?,
-            attempts: row.get::<i64, _>("attempts") as u32,
-            max_attempts: row.get::<i64, _>("max_attempts") as u32,
-            priority: row.get::<i64, _>("priority") as i32,
-            payload: serde_json::from_str(row.get::<&str, _>("payload"))?,
-            result: row
-                .get::<Option<&str>, _>("result")
-                .map(serde_json::from_str)
-                .transpose()?,
-            error: row.get("error"),
-            created_at_ms: row.get::<i64, _>("created_ms") as u64,
-            updated_at_ms: row.get::<i64, _>("updated_ms") as u64,
-        }))
+        row.map(|row| job_info(&row)).transpose()
+    }
+
+    async fn dead_jobs(&self, queue: &str, limit: usize) -> anyhow::Result<Vec<JobInfo>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE queue = ? AND status = 'dead'
+             ORDER BY updated_ms DESC, seq DESC LIMIT ?"
+        )))
+        .bind(queue)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_info).collect()
+    }
+
+    async fn requeue_dead(
+        &self,
+        queue: &str,
+        ids: &[String],
+        max: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = if ids.is_empty() {
+            sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE queue = ? AND status = 'dead' ORDER BY updated_ms, seq LIMIT ?",
+            )
+            .bind(queue)
+            .bind(max as i64)
+            .fetch_all(&mut *tx)
+            .await?
+        } else {
+            ids.to_vec()
+        };
+        let mut requeued = Vec::with_capacity(ids.len());
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?, updated_ms = ?
+                 WHERE id = ? AND queue = ? AND status = 'dead'",
+            )
+            .bind(now)
+            .bind(now)
+            .bind(&id)
+            .bind(queue)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                requeued.push(id);
+            }
+        }
+        tx.commit().await?;
+        if !requeued.is_empty() {
+            self.waker(queue).notify_one();
+        }
+        Ok(requeued)
     }
 
     async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
@@ -530,4 +565,29 @@ impl QueueBackend for SqliteBackend {
             .await?;
         Ok(())
     }
+}
+
+const JOB_COLUMNS: &str = "id, queue, status, attempts, max_attempts, priority, payload, result, \
+                           error, created_ms, updated_ms";
+
+fn job_info(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JobInfo> {
+    let id: String = row.get("id");
+    let status: String = row.get("status");
+    Ok(JobInfo {
+        status: JobStatus::parse(&status)
+            .with_context(|| format!("job {id} has unknown status {status:?}"))?,
+        queue: row.get("queue"),
+        attempts: row.get::<i64, _>("attempts") as u32,
+        max_attempts: row.get::<i64, _>("max_attempts") as u32,
+        priority: row.get::<i64, _>("priority") as i32,
+        payload: serde_json::from_str(row.get::<&str, _>("payload"))?,
+        result: row
+            .get::<Option<&str>, _>("result")
+            .map(serde_json::from_str)
+            .transpose()?,
+        error: row.get("error"),
+        created_at_ms: row.get::<i64, _>("created_ms") as u64,
+        updated_at_ms: row.get::<i64, _>("updated_ms") as u64,
+        id,
+    })
 }
