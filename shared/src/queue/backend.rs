@@ -36,13 +36,14 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// Waits until jobs may have arrived in `queue`, or `timeout` passes.
     async fn wait_for_jobs(&self, queue: &str, timeout: Duration);
 
-    /// Records attempt outcomes of jobs leased to `worker`. An ack for a job
-    /// whose lease this worker lost is ignored: that job runs again.
-    async fn ack(&self, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()>;
+    /// Records attempt outcomes of `queue`'s jobs leased to `worker`. An ack
+    /// for a job whose lease this worker lost is ignored: that job runs again.
+    async fn ack(&self, queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()>;
 
-    /// Extends the leases `worker` holds on running jobs.
+    /// Extends the leases `worker` holds on running jobs of `queue`.
     async fn extend_leases(
         &self,
+        queue: &str,
         worker: &str,
         ids: &[String],
         lease: Duration,
@@ -50,7 +51,7 @@ pub trait QueueBackend: Send + Sync + 'static {
 
     /// Hands back jobs leased to `worker` that it never started, without
     /// counting the attempt.
-    async fn release(&self, worker: &str, ids: &[String]) -> anyhow::Result<()>;
+    async fn release(&self, queue: &str, worker: &str, ids: &[String]) -> anyhow::Result<()>;
 
     /// Everything known about a job, or `None` for an unknown id.
     async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>>;

@@ -1,13 +1,13 @@
-//! The Redis backend: every state change is one Lua script call, so a batch
-//! push, a fetch of many jobs or a batch of acknowledgements costs a single
-//! round trip and is atomic.
+//! The Redis backend: every state change is one Lua script call working
+//! on whole batches with variadic commands, so a push of 1,000 jobs, a fetch
+//! of 1,000 or 2,000 acknowledgements cost one round trip and a handful of
+//! Redis commands, not a few per job.
 //!
-//! Keys (under the configured prefix `P`, per queue `q`):
-//! `P:job:{id}` hash with the envelope and state; `P:q:{q}:pending` sorted
-//! by priority then sequence; `P:q:{q}:delayed` and `P:q:{q}:leased` sorted
-//! by due time and lease deadline; `P:q:{q}:dead`; `P:q:{q}:stats` counters;
-//! `P:q:{q}:workers` heartbeats; `P:paused`; `P:idem:{q}:{key}`. Pushes
-//! publish the queue name on `P:wake` so idle workers start at once.
+//! Layout (see `lua/common.lua`): job envelopes live in one hash, priority-0
+//! jobs in a FIFO list per queue, other priorities in a sorted set, delayed
+//! jobs and leases in sorted sets by time. A job's status is derived from
+//! where it is, so the hot path writes no per-job status. Pushes publish the
+//! queue name on `P:wake`, so idle workers start at once.
 
 use std::{
     collections::HashMap,
@@ -22,6 +22,7 @@ use fred::{
     prelude::*,
     types::{Value as RedisValue, scripts::Script},
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OnceCell};
 
 use super::{
@@ -45,20 +46,66 @@ struct Scripts {
     release: Script,
     counts: Script,
     requeue: Script,
+    job: Script,
+}
+
+/// A script with the shared helpers in front.
+macro_rules! script {
+    ($file:literal) => {
+        Script::from_lua(concat!(
+            include_str!("lua/common.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
+    };
 }
 
 impl Scripts {
     fn new() -> Self {
         Self {
-            push: Script::from_lua(include_str!("lua/push.lua")),
-            fetch: Script::from_lua(include_str!("lua/fetch.lua")),
-            ack: Script::from_lua(include_str!("lua/ack.lua")),
-            extend: Script::from_lua(include_str!("lua/extend.lua")),
-            release: Script::from_lua(include_str!("lua/release.lua")),
-            counts: Script::from_lua(include_str!("lua/counts.lua")),
-            requeue: Script::from_lua(include_str!("lua/requeue.lua")),
+            push: script!("push.lua"),
+            fetch: script!("fetch.lua"),
+            ack: script!("ack.lua"),
+            extend: script!("extend.lua"),
+            release: script!("release.lua"),
+            counts: script!("counts.lua"),
+            requeue: script!("requeue.lua"),
+            job: script!("job.lua"),
         }
     }
+}
+
+/// What the job hash stores per job; short keys keep memory per job low.
+#[derive(Deserialize)]
+struct Envelope {
+    q: String,
+    p: serde_json::Value,
+    pr: i32,
+    ma: u32,
+    c: u64,
+}
+
+/// The same, borrowed, for writing (with the backoff only Lua reads).
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    q: &'a str,
+    p: &'a serde_json::Value,
+    pr: i32,
+    ma: u32,
+    b: u64,
+    c: u64,
+}
+
+#[derive(Deserialize)]
+struct ResultRecord {
+    a: u32,
+    t: u64,
+    r: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct ErrorRecord {
+    e: String,
+    t: u64,
 }
 
 /// Wake-ups per queue, fed by the `P:wake` subscription.
@@ -98,6 +145,13 @@ impl RedisBackend {
 
     fn client(&self) -> &Client {
         self.pool.next()
+    }
+
+    /// Runs a script by its hash, loading it first if this Redis lacks it.
+    async fn eval<R: FromValue>(&self, script: &Script, args: Vec<RedisValue>) -> anyhow::Result<R> {
+        Ok(script
+            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
+            .await?)
     }
 
     fn key(&self, rest: &str) -> String {
@@ -154,27 +208,30 @@ impl QueueBackend for RedisBackend {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut args: Vec<RedisValue> = Vec::with_capacity(4 + jobs.len() * 8);
+        let now = now_ms();
+        let mut args: Vec<RedisValue> = Vec::with_capacity(4 + jobs.len() * 6);
         args.push(self.prefix.clone().into());
-        args.push((now_ms() as i64).into());
+        args.push((now as i64).into());
         args.push((IDEMPOTENCY_TTL_S as i64).into());
         args.push((jobs.len() as i64).into());
-        for job in &jobs {
+        for job in jobs {
+            let envelope = EnvelopeRef {
+                q: job.queue.as_str(),
+                p: &job.payload,
+                pr: job.priority,
+                ma: job.max_attempts,
+                b: job.backoff_ms,
+                c: now,
+            };
+            let envelope = serde_json::to_string(&envelope)?;
             args.push(uuid::Uuid::now_v7().to_string().into());
-            args.push(job.queue.clone().into());
-            args.push(serde_json::to_string(&job.payload)?.into());
+            args.push(job.queue.into());
+            args.push(envelope.into());
             args.push(i64::from(job.priority).into());
-            args.push(i64::from(job.max_attempts).into());
-            args.push((job.backoff_ms as i64).into());
-            args.push(job.idempotency_key.clone().unwrap_or_default().into());
+            args.push(job.idempotency_key.unwrap_or_default().into());
             args.push((job.delay_ms as i64).into());
         }
-        let reply: Vec<RedisValue> = self
-            .scripts
-            .push
-            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
-            .await
-            .context("push to Redis")?;
+        let reply: Vec<RedisValue> = self.eval(&self.scripts.push, args).await.context("push to Redis")?;
         reply
             .chunks(2)
             .map(|pair| {
@@ -201,36 +258,28 @@ impl QueueBackend for RedisBackend {
             (lease.as_millis() as i64).into(),
             worker.into(),
         ];
-        let reply: Vec<RedisValue> = self
-            .scripts
-            .fetch
-            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
-            .await
-            .context("fetch from Redis")?;
-        let head = reply
-            .first()
-            .and_then(RedisValue::as_string)
-            .unwrap_or_default();
+        let reply: Vec<RedisValue> = self.eval(&self.scripts.fetch, args).await.context("fetch from Redis")?;
+        let head = reply.first().and_then(RedisValue::as_string).unwrap_or_default();
         if head == "paused" {
             return Ok(Fetched {
                 paused: true,
                 ..Fetched::default()
             });
         }
-        let mut jobs = Vec::with_capacity((reply.len() - 1) / 4);
-        for fields in reply[1..].chunks(4) {
+        let mut jobs = Vec::with_capacity(reply.len().saturating_sub(1) / 3);
+        for fields in reply[1..].chunks(3) {
+            let envelope: Envelope = serde_json::from_slice(bytes(&fields[1])?)?;
             jobs.push(LeasedJob {
                 id: string(&fields[0])?,
                 queue: queue.to_string(),
-                payload: serde_json::from_str(&string(&fields[1])?)?,
+                payload: envelope.p,
                 attempt: number(&fields[2])? as u32,
-                max_attempts: number(&fields[3])? as u32,
+                max_attempts: envelope.ma,
             });
         }
-        let next_due_ms = head.parse::<f64>().ok().map(|ms| ms as u64);
         Ok(Fetched {
             jobs,
-            next_due_ms,
+            next_due_ms: head.parse::<f64>().ok().map(|ms| ms as u64),
             paused: false,
         })
     }
@@ -243,41 +292,35 @@ impl QueueBackend for RedisBackend {
         let _ = tokio::time::timeout(timeout, waker.notified()).await;
     }
 
-    async fn ack(&self, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()> {
+    async fn ack(&self, queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()> {
         if acks.is_empty() {
             return Ok(());
         }
-        let mut args: Vec<RedisValue> = Vec::with_capacity(6 + acks.len() * 3);
+        let now = now_ms();
+        let (done, failed): (Vec<Ack>, Vec<Ack>) = acks.into_iter().partition(|a| a.outcome.is_ok());
+        let mut args: Vec<RedisValue> = Vec::with_capacity(7 + (done.len() + failed.len()) * 2);
         args.push(self.prefix.clone().into());
-        args.push((now_ms() as i64).into());
+        args.push(queue.into());
+        args.push((now as i64).into());
         args.push(worker.into());
         args.push((DONE_RETENTION_MS as i64).into());
         args.push((MAX_BACKOFF_MS as i64).into());
-        args.push((acks.len() as i64).into());
-        for ack in acks {
+        args.push((done.len() as i64).into());
+        for ack in done.into_iter().chain(failed) {
+            let record = match &ack.outcome {
+                Ok(result) => format!(r#"{{"a":{},"t":{now},"r":{}}}"#, ack.attempt, serde_json::to_string(result)?),
+                Err(error) => serde_json::to_string(&serde_json::json!({ "e": error, "t": now }))?,
+            };
             args.push(ack.id.into());
-            match ack.outcome {
-                Ok(result) => {
-                    args.push("1".into());
-                    args.push(serde_json::to_string(&result)?.into());
-                }
-                Err(error) => {
-                    args.push("0".into());
-                    args.push(error.into());
-                }
-            }
+            args.push(record.into());
         }
-        let _: i64 = self
-            .scripts
-            .ack
-            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
-            .await
-            .context("acknowledge in Redis")?;
+        let _: i64 = self.eval(&self.scripts.ack, args).await.context("acknowledge in Redis")?;
         Ok(())
     }
 
     async fn extend_leases(
         &self,
+        queue: &str,
         worker: &str,
         ids: &[String],
         lease: Duration,
@@ -288,45 +331,33 @@ impl QueueBackend for RedisBackend {
         let deadline = now_ms() + lease.as_millis() as u64;
         let mut args: Vec<RedisValue> = vec![
             self.prefix.clone().into(),
+            queue.into(),
             worker.into(),
             (deadline as i64).into(),
         ];
         args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
-        let _: i64 = self
-            .scripts
-            .extend
-            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
-            .await?;
+        let _: i64 = self.eval(&self.scripts.extend, args).await?;
         Ok(())
     }
 
-    async fn release(&self, worker: &str, ids: &[String]) -> anyhow::Result<()> {
+    async fn release(&self, queue: &str, worker: &str, ids: &[String]) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut args: Vec<RedisValue> = vec![
-            self.prefix.clone().into(),
-            worker.into(),
-            (now_ms() as i64).into(),
-        ];
+        let mut args: Vec<RedisValue> =
+            vec![self.prefix.clone().into(), queue.into(), worker.into()];
         args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
-        let _: i64 = self
-            .scripts
-            .release
-            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
-            .await?;
+        let _: i64 = self.eval(&self.scripts.release, args).await?;
         Ok(())
     }
 
     async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
-        let fields: HashMap<String, String> = self
-            .client()
-            .hgetall(self.key(&format!("job:{id}")))
-            .await?;
-        if fields.is_empty() {
+        let args: Vec<RedisValue> = vec![self.prefix.clone().into(), id.into()];
+        let reply: Vec<RedisValue> = self.eval(&self.scripts.job, args).await?;
+        if reply.is_empty() {
             return Ok(None);
         }
-        job_info(id, &fields).map(Some)
+        job_info(id, &reply).map(Some)
     }
 
     async fn dead_jobs(&self, queue: &str, limit: usize) -> anyhow::Result<Vec<JobInfo>> {
@@ -348,29 +379,17 @@ impl QueueBackend for RedisBackend {
         ids: &[String],
         max: usize,
     ) -> anyhow::Result<Vec<String>> {
-        let mut args: Vec<RedisValue> = vec![
-            self.prefix.clone().into(),
-            queue.into(),
-            (now_ms() as i64).into(),
-            (max as i64).into(),
-        ];
+        let mut args: Vec<RedisValue> =
+            vec![self.prefix.clone().into(), queue.into(), (max as i64).into()];
         args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
-        Ok(self
-            .scripts
-            .requeue
-            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
-            .await?)
+        Ok(self.eval(&self.scripts.requeue, args).await?)
     }
 
     async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
         let live_since = now_ms().saturating_sub(WORKER_LIVENESS_MS) as i64;
         let args: Vec<RedisValue> =
             vec![self.prefix.clone().into(), queue.into(), live_since.into()];
-        let c: Vec<u64> = self
-            .scripts
-            .counts
-            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
-            .await?;
+        let c: Vec<u64> = self.eval(&self.scripts.counts, args).await?;
         let [pending, running, done, failed, dead, workers] = c[..] else {
             return Err(anyhow!("unexpected counts reply {c:?}"));
         };
@@ -429,24 +448,49 @@ fn number(value: &RedisValue) -> anyhow::Result<i64> {
         .ok_or_else(|| anyhow!("expected a number from Redis, got {value:?}"))
 }
 
-fn job_info(id: &str, fields: &HashMap<String, String>) -> anyhow::Result<JobInfo> {
-    let get = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
-    let int = |name: &str| get(name).parse::<i64>().unwrap_or_default();
-    let status = JobStatus::parse(get("status"))
-        .ok_or_else(|| anyhow!("job {id} has unknown status {:?}", get("status")))?;
+fn bytes(value: &RedisValue) -> anyhow::Result<&[u8]> {
+    value
+        .as_bytes()
+        .ok_or_else(|| anyhow!("expected bytes from Redis, got {value:?}"))
+}
+
+/// Builds a job's view from `job.lua`'s reply.
+fn job_info(id: &str, reply: &[RedisValue]) -> anyhow::Result<JobInfo> {
+    let [envelope, status, attempts, result, error] = reply else {
+        return Err(anyhow!("unexpected job reply {reply:?}"));
+    };
+    let envelope: Envelope = serde_json::from_slice(bytes(envelope)?)?;
+    let status_text = string(status)?;
+    let status = JobStatus::parse(&status_text)
+        .ok_or_else(|| anyhow!("job {id} has unknown status {status_text:?}"))?;
+    let result: Option<ResultRecord> = match bytes(result)? {
+        b"" => None,
+        raw => Some(serde_json::from_slice(raw)?),
+    };
+    let error: Option<ErrorRecord> = match bytes(error)? {
+        b"" => None,
+        raw => Some(serde_json::from_slice(raw)?),
+    };
+    let attempts = match &result {
+        Some(done) => done.a,
+        None => number(attempts)? as u32,
+    };
+    let updated_at_ms = match (&result, &error) {
+        (Some(done), _) => done.t,
+        (None, Some(failed)) => failed.t,
+        (None, None) => envelope.c,
+    };
     Ok(JobInfo {
         id: id.to_string(),
-        queue: get("queue").to_string(),
+        queue: envelope.q,
         status,
-        attempts: int("attempts") as u32,
-        max_attempts: int("max_attempts") as u32,
-        priority: int("priority") as i32,
-        payload: serde_json::from_str(get("payload")).unwrap_or_default(),
-        result: fields
-            .get("result")
-            .and_then(|r| serde_json::from_str(r).ok()),
-        error: fields.get("error").cloned(),
-        created_at_ms: int("created_ms") as u64,
-        updated_at_ms: int("updated_ms") as u64,
+        attempts,
+        max_attempts: envelope.ma,
+        priority: envelope.pr,
+        payload: envelope.p,
+        result: result.map(|done| done.r),
+        error: error.map(|failed| failed.e),
+        created_at_ms: envelope.c,
+        updated_at_ms,
     })
 }

@@ -341,7 +341,7 @@ impl QueueBackend for SqliteBackend {
         let _ = tokio::time::timeout(timeout, waker.notified()).await;
     }
 
-    async fn ack(&self, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()> {
+    async fn ack(&self, _queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()> {
         let now = now_ms() as i64;
         let mut tx = self.pool.begin().await?;
         let mut successes = Vec::with_capacity(acks.len());
@@ -386,6 +386,7 @@ impl QueueBackend for SqliteBackend {
 
     async fn extend_leases(
         &self,
+        _queue: &str,
         worker: &str,
         ids: &[String],
         lease: Duration,
@@ -406,7 +407,7 @@ impl QueueBackend for SqliteBackend {
         Ok(())
     }
 
-    async fn release(&self, worker: &str, ids: &[String]) -> anyhow::Result<()> {
+    async fn release(&self, _queue: &str, worker: &str, ids: &[String]) -> anyhow::Result<()> {
         let now = now_ms() as i64;
         let mut tx = self.pool.begin().await?;
         let mut queues = Vec::new();

@@ -121,6 +121,8 @@ pub struct Fetched {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ack {
     pub id: String,
+    /// The attempt this outcome ends (from [`LeasedJob::attempt`]).
+    pub attempt: u32,
     pub outcome: Result<Value, String>,
 }
 

@@ -92,6 +92,7 @@ pub async fn run(
     ));
     let acker = tokio::spawn(ack_loop(
         backend.clone(),
+        options.queue.clone(),
         options.worker_id.clone(),
         ack_rx,
         capacity.clone(),
@@ -141,7 +142,10 @@ pub async fn run(
     let unstarted = drain_unstarted(&task_rx);
     if !unstarted.is_empty() {
         tracing::info!(queue = %options.queue, count = unstarted.len(), "releasing jobs not started");
-        if let Err(err) = backend.release(&options.worker_id, &unstarted).await {
+        if let Err(err) = backend
+            .release(&options.queue, &options.worker_id, &unstarted)
+            .await
+        {
             tracing::warn!("release failed ({err:#}); the jobs return when their lease expires");
         }
         let mut held = held.lock().expect("held lock");
@@ -231,6 +235,7 @@ async fn fetch_loop(
                     held.lock().expect("held lock").insert(job.id.clone());
                     let task = TaskBuilder::new(job.clone())
                         .task_id(TaskId::from_string(job.id.clone()))
+                        .data(Attempt(job.attempt))
                         .build();
                     if tasks.send(task).is_err() {
                         return;
@@ -268,6 +273,7 @@ async fn fetch_loop(
 /// job's lease expires and it runs again).
 async fn ack_loop(
     backend: Arc<dyn QueueBackend>,
+    queue: String,
     worker_id: String,
     mut acks: mpsc::UnboundedReceiver<Ack>,
     capacity: Arc<Semaphore>,
@@ -276,7 +282,7 @@ async fn ack_loop(
     let mut batch = Vec::with_capacity(MAX_ACK_BATCH);
     while acks.recv_many(&mut batch, MAX_ACK_BATCH).await > 0 {
         let mut delay = Duration::from_millis(50);
-        while let Err(err) = backend.ack(&worker_id, batch.clone()).await {
+        while let Err(err) = backend.ack(&queue, &worker_id, batch.clone()).await {
             tracing::warn!("acknowledgement failed: {err:#}; retrying in {delay:?}");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -309,7 +315,7 @@ async fn heartbeat_loop(
         }
         let ids: Vec<String> = held.lock().expect("held lock").iter().cloned().collect();
         if let Err(err) = backend
-            .extend_leases(&options.worker_id, &ids, options.lease)
+            .extend_leases(&options.queue, &options.worker_id, &ids, options.lease)
             .await
         {
             tracing::warn!("lease extension failed: {err:#}");
@@ -381,6 +387,10 @@ impl BackendConfig for JobSource {
     }
 }
 
+/// The backend's attempt number, carried in the apalis task for the ack.
+#[derive(Debug, Clone, Copy)]
+struct Attempt(u32);
+
 /// Reports each attempt's outcome to the ack loop.
 #[derive(Clone)]
 struct Acknowledger {
@@ -397,8 +407,10 @@ impl apalis_core::worker::ext::ack::Acknowledge<Value> for Acknowledger {
                 Ok(value) => Ok(value.clone()),
                 Err(err) => Err(err.to_string()),
             };
+            let attempt = ctx.data().get::<Attempt>().map_or(0, |a| a.0);
             let _ = self.tx.send(Ack {
                 id: id.to_string(),
+                attempt,
                 outcome,
             });
         }

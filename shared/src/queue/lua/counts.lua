@@ -4,7 +4,8 @@ local prefix, queue, live_since = ARGV[1], ARGV[2], ARGV[3]
 local qk = prefix .. ':q:' .. queue
 local stats = redis.call('HMGET', qk .. ':stats', 'done', 'failed')
 return {
-  redis.call('ZCARD', qk .. ':pending') + redis.call('ZCARD', qk .. ':delayed'),
+  redis.call('LLEN', qk .. ':wait') + redis.call('ZCARD', qk .. ':prio')
+    + redis.call('ZCARD', qk .. ':delayed'),
   redis.call('ZCARD', qk .. ':leased'),
   tonumber(stats[1] or 0),
   tonumber(stats[2] or 0),

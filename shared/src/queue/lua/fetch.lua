@@ -1,42 +1,48 @@
 -- Leases due jobs of one queue to a worker.
 -- ARGV: prefix, queue, now_ms, max, lease_ms, worker
--- Returns {next_due_ms or '', id, payload, attempt, max_attempts, ...}, or {'paused'}.
+-- Returns {next_due_ms or '', id, envelope, attempt, ...}, or {'paused'}.
 local prefix, queue = ARGV[1], ARGV[2]
 local now, max, lease, worker = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local qk = prefix .. ':q:' .. queue
 
-local function requeue(id)
-  local jk = prefix .. ':job:' .. id
-  local f = redis.call('HMGET', jk, 'priority', 'seq')
-  if f[1] then
-    redis.call('ZADD', qk .. ':pending', (1000 - tonumber(f[1])) * 1099511627776 + tonumber(f[2]), id)
-  end
-end
-
--- 1. Leases that expired: the worker died or stalled. Bounded per call, so a
---    large backlog is worked off over several fetches, never in one reply.
+-- 1. Leases that expired: the worker died or stalled. Bounded per call, so
+--    any backlog is worked off over several fetches, never in one reply.
 local expired = redis.call('ZRANGEBYSCORE', qk .. ':leased', '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(expired) do
   redis.call('ZREM', qk .. ':leased', id)
-  local jk = prefix .. ':job:' .. id
-  local f = redis.call('HMGET', jk, 'attempts', 'max_attempts')
-  if f[1] then
-    if tonumber(f[1]) >= tonumber(f[2]) then
-      redis.call('HSET', jk, 'status', 'dead', 'worker', '', 'updated_ms', now,
-        'error', 'lease expired: the worker stopped during the last attempt')
+  redis.call('HDEL', qk .. ':owner', id)
+  local env = redis.call('HGET', prefix .. ':jobs', id)
+  if env then
+    local job = cjson.decode(env)
+    local attempts = redis.call('HINCRBY', prefix .. ':att', id, 1)
+    if attempts >= job.ma then
+      redis.call('HSET', prefix .. ':err', id, cjson.encode({
+        e = 'lease expired: the worker stopped during the last attempt', t = now }))
       redis.call('ZADD', qk .. ':dead', now, id)
     else
-      redis.call('HSET', jk, 'status', 'pending', 'worker', '', 'updated_ms', now)
-      requeue(id)
+      requeue(prefix, qk, id, job.pr)
     end
   end
 end
 
--- 2. Delayed jobs and retries that are due.
-local due = redis.call('ZRANGEBYSCORE', qk .. ':delayed', '-inf', now, 'LIMIT', 0, 10000)
-for _, id in ipairs(due) do
-  redis.call('ZREM', qk .. ':delayed', id)
-  requeue(id)
+-- 2. Delayed jobs and retries that are due (bounded, chunked).
+local due = redis.call('ZRANGEBYSCORE', qk .. ':delayed', '-inf', now, 'LIMIT', 0, 20000)
+if #due > 0 then
+  local wait, prio = {}, {}
+  for _, member in ipairs(due) do
+    local id, priority = parse_delayed(member)
+    if priority == 0 then
+      wait[#wait + 1] = id
+    else
+      prio[#prio + 1] = member
+    end
+  end
+  bulk('ZREM', qk .. ':delayed', due)
+  bulk('RPUSH', qk .. ':wait', wait)
+  for _, member in ipairs(prio) do
+    local id, priority = parse_delayed(member)
+    requeue(prefix, qk, id, priority)
+  end
 end
 
 -- 3. A paused queue keeps its jobs.
@@ -44,27 +50,41 @@ if redis.call('SISMEMBER', prefix .. ':paused', queue) == 1 then
   return {'paused'}
 end
 
-local popped = redis.call('ZPOPMIN', qk .. ':pending', max)
+-- 4. Higher priorities first, then the FIFO list, then lower priorities.
+local ids = redis.call('ZRANGEBYSCORE', qk .. ':prio', '-inf', '(0', 'LIMIT', 0, max)
+if #ids > 0 then bulk('ZREM', qk .. ':prio', ids) end
+if #ids < max then
+  local popped = redis.call('LPOP', qk .. ':wait', max - #ids)
+  if popped then
+    for _, id in ipairs(popped) do ids[#ids + 1] = id end
+  end
+end
+if #ids < max then
+  local low = redis.call('ZPOPMIN', qk .. ':prio', max - #ids)
+  for i = 1, #low, 2 do ids[#ids + 1] = low[i] end
+end
+
 local out = {''}
-local deadline = now + lease
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local jk = prefix .. ':job:' .. id
-  local f = redis.call('HMGET', jk, 'payload', 'max_attempts')
-  if f[1] then
-    local attempt = redis.call('HINCRBY', jk, 'attempts', 1)
-    redis.call('HSET', jk, 'status', 'running', 'worker', worker, 'updated_ms', now)
-    redis.call('ZADD', qk .. ':leased', deadline, id)
-    out[#out + 1] = id
-    out[#out + 1] = f[1]
-    out[#out + 1] = attempt
-    out[#out + 1] = f[2]
-  end
-end
-if #out == 1 then
+if #ids == 0 then
   local nxt = redis.call('ZRANGE', qk .. ':delayed', 0, 0, 'WITHSCORES')
-  if #nxt > 0 then
-    out[1] = nxt[2]
+  if #nxt > 0 then out[1] = nxt[2] end
+  return out
+end
+local envs = hmget(prefix .. ':jobs', ids)
+local atts = hmget(prefix .. ':att', ids)
+local leased, owners = {}, {}
+local deadline = now + lease
+for i, id in ipairs(ids) do
+  if envs[i] then
+    leased[#leased + 1] = deadline
+    leased[#leased + 1] = id
+    owners[#owners + 1] = id
+    owners[#owners + 1] = worker
+    out[#out + 1] = id
+    out[#out + 1] = envs[i]
+    out[#out + 1] = (tonumber(atts[i]) or 0) + 1
   end
 end
+bulk('ZADD', qk .. ':leased', leased)
+bulk('HSET', qk .. ':owner', owners)
 return out

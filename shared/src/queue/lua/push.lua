@@ -1,56 +1,59 @@
 -- Enqueues a batch of jobs atomically.
--- ARGV: prefix, now_ms, idempotency_ttl_s, count, then 8 fields per job:
---   id, queue, payload, priority, max_attempts, backoff_ms, idempotency_key ('' = none), delay_ms
+-- ARGV: prefix, now_ms, idempotency_ttl_s, count, then 6 fields per job:
+--   id, queue, envelope JSON, priority, idempotency_key ('' = none), delay_ms
 -- Returns id, duplicate flag (0|1) per job.
-local prefix = ARGV[1]
-local now = tonumber(ARGV[2])
-local idem_ttl = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
-local out = {}
-local woken = {}
-local queues = {}
--- Sequence numbers keep FIFO order within a priority level.
-local seq_base = redis.call('INCRBY', prefix .. ':seq', n) - n
+local prefix, now = ARGV[1], tonumber(ARGV[2])
+local idem_ttl, n = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, jobs = {}, {}
+local per_queue = {}
+local function lists(queue)
+  local l = per_queue[queue]
+  if not l then
+    l = { wait = {}, prio = {}, delayed = {} }
+    per_queue[queue] = l
+  end
+  return l
+end
+local seq = redis.call('INCRBY', prefix .. ':seq', n) - n
 for i = 0, n - 1 do
-  local b = 5 + i * 8
-  local id, queue, payload = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local priority = tonumber(ARGV[b + 3])
-  local idem = ARGV[b + 6]
-  local delay = tonumber(ARGV[b + 7])
+  local b = 5 + i * 6
+  local id, queue, env = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local priority, idem, delay = tonumber(ARGV[b + 3]), ARGV[b + 4], tonumber(ARGV[b + 5])
   local prior = false
   if idem ~= '' then
     local key = prefix .. ':idem:' .. queue .. ':' .. idem
     prior = redis.call('GET', key)
-    if not prior then
-      redis.call('SET', key, id, 'EX', idem_ttl)
-    end
+    if not prior then redis.call('SET', key, id, 'EX', idem_ttl) end
   end
   if prior then
     out[#out + 1] = prior
     out[#out + 1] = 1
   else
-    local seq = seq_base + i
-    local qk = prefix .. ':q:' .. queue
-    redis.call('HSET', prefix .. ':job:' .. id,
-      'queue', queue, 'payload', payload, 'priority', priority, 'seq', seq,
-      'attempts', 0, 'max_attempts', ARGV[b + 4], 'backoff_ms', ARGV[b + 5],
-      'status', 'pending', 'created_ms', now, 'updated_ms', now)
+    jobs[#jobs + 1] = id
+    jobs[#jobs + 1] = env
+    local l = lists(queue)
     if delay > 0 then
-      redis.call('ZADD', qk .. ':delayed', now + delay, id)
+      l.delayed[#l.delayed + 1] = now + delay
+      l.delayed[#l.delayed + 1] = delayed_member(id, priority)
+    elseif priority == 0 then
+      l.wait[#l.wait + 1] = id
     else
-      -- Lower score first: priority first, then sequence.
-      redis.call('ZADD', qk .. ':pending', (1000 - priority) * 1099511627776 + seq, id)
-      woken[queue] = true
+      l.prio[#l.prio + 1] = -priority * PRIO_SCALE + seq + i
+      l.prio[#l.prio + 1] = id
     end
-    queues[queue] = true
     out[#out + 1] = id
     out[#out + 1] = 0
   end
 end
-for q, _ in pairs(queues) do
-  redis.call('SADD', prefix .. ':queues', q)
-end
-for q, _ in pairs(woken) do
-  redis.call('PUBLISH', prefix .. ':wake', q)
+bulk('HSET', prefix .. ':jobs', jobs)
+for queue, l in pairs(per_queue) do
+  local qk = prefix .. ':q:' .. queue
+  bulk('RPUSH', qk .. ':wait', l.wait)
+  bulk('ZADD', qk .. ':prio', l.prio)
+  bulk('ZADD', qk .. ':delayed', l.delayed)
+  redis.call('SADD', prefix .. ':queues', queue)
+  if #l.wait > 0 or #l.prio > 0 then
+    redis.call('PUBLISH', prefix .. ':wake', queue)
+  end
 end
 return out

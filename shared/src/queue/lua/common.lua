@@ -1,0 +1,57 @@
+-- Shared helpers, prepended to every script.
+-- Keys under prefix P (per queue q):
+--   P:jobs       hash  id -> envelope JSON {q, p, pr, ma, b, c}
+--   P:att        hash  id -> attempts that ended without success
+--   P:res        hash  id -> {"a":attempt,"t":done_ms,"r":result} once done
+--   P:err        hash  id -> {"e":error,"t":ms} after a failed attempt
+--   P:q:q:wait   list  ids of priority 0, FIFO
+--   P:q:q:prio   zset  ids of other priorities, score -priority*2^40 + seq
+--   P:q:q:delayed zset "id" or "id|priority" by run-at ms
+--   P:q:q:leased zset  ids by lease deadline; P:q:q:owner hash id -> worker
+--   P:q:q:done / P:q:q:dead zsets by time; P:q:q:stats hash done, failed
+local CHUNK = 1000
+local PRIO_SCALE = 1099511627776
+
+-- Calls a variadic command over `items` in chunks (Lua's unpack is bounded).
+local function bulk(cmd, key, items, head)
+  for i = 1, #items, CHUNK do
+    local last = math.min(i + CHUNK - 1, #items)
+    if head then
+      redis.call(cmd, key, head, unpack(items, i, last))
+    else
+      redis.call(cmd, key, unpack(items, i, last))
+    end
+  end
+end
+
+-- HMGET over many fields, chunked; returns one value (or false) per field.
+local function hmget(key, fields)
+  local out = {}
+  for i = 1, #fields, CHUNK do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+    for _, v in ipairs(part) do out[#out + 1] = v end
+  end
+  return out
+end
+
+-- Makes a job runnable again: at the head of the wait list (it is older
+-- than anything behind it) or in the priority set.
+local function requeue(prefix, qk, id, priority)
+  if priority == 0 then
+    redis.call('LPUSH', qk .. ':wait', id)
+  else
+    local seq = redis.call('INCR', prefix .. ':seq')
+    redis.call('ZADD', qk .. ':prio', -priority * PRIO_SCALE + seq, id)
+  end
+end
+
+local function delayed_member(id, priority)
+  if priority == 0 then return id end
+  return id .. '|' .. priority
+end
+
+local function parse_delayed(member)
+  local bar = string.find(member, '|', 1, true)
+  if not bar then return member, 0 end
+  return string.sub(member, 1, bar - 1), tonumber(string.sub(member, bar + 1))
+end
