@@ -306,13 +306,21 @@ impl QueueBackend for RedisBackend {
         args.push((DONE_RETENTION_MS as i64).into());
         args.push((MAX_BACKOFF_MS as i64).into());
         args.push((done.len() as i64).into());
-        for ack in done.into_iter().chain(failed) {
-            let record = match &ack.outcome {
-                Ok(result) => format!(r#"{{"a":{},"t":{now},"r":{}}}"#, ack.attempt, serde_json::to_string(result)?),
-                Err(error) => serde_json::to_string(&serde_json::json!({ "e": error, "t": now }))?,
-            };
+        // Laid out as ack.lua's bulk commands take them: lease members, then
+        // id/result pairs, then id/error pairs.
+        for ack in &done {
+            args.push(format!("{}:{worker}", ack.id).into());
+        }
+        for ack in done {
+            let result = ack.outcome.expect("partitioned: successes only");
+            let record = format!(r#"{{"a":{},"t":{now},"r":{}}}"#, ack.attempt, serde_json::to_string(&result)?);
             args.push(ack.id.into());
             args.push(record.into());
+        }
+        for ack in failed {
+            let error = ack.outcome.expect_err("partitioned: failures only");
+            args.push(ack.id.into());
+            args.push(serde_json::to_string(&serde_json::json!({ "e": error, "t": now }))?.into());
         }
         let _: i64 = self.eval(&self.scripts.ack, args).await.context("acknowledge in Redis")?;
         Ok(())

@@ -1,80 +1,74 @@
 -- Records attempt outcomes of one queue's jobs leased to one worker.
--- ARGV: prefix, queue, now_ms, worker, retention_ms, max_backoff_ms,
---   ok_count, then per success: id, result record;
---   then per failure: id, error record
--- Acks for jobs whose lease this worker lost are ignored: they run again.
+-- ARGV: prefix, queue, now_ms, worker, retention_ms, max_backoff_ms, ok_count,
+--   then ok_count lease members ("id:worker"),
+--   then ok_count pairs: id, result record,
+--   then per failure: id, error record.
+-- The caller lays the arguments out as the bulk commands need them, so the
+-- common path copies nothing in Lua. Acks for jobs whose lease this worker
+-- lost are ignored: those jobs run again.
 local prefix, queue, now, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local retention, max_backoff, ok_count = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local qk = prefix .. ':q:' .. queue
+local members_at, pairs_at, fails_at = 8, 8 + ok_count, 8 + ok_count * 3
 
-local function owned(ids)
-  local owners = hmget(qk .. ':owner', ids)
-  local mine = {}
-  for i, id in ipairs(ids) do
-    if owners[i] == worker then mine[id] = true end
+-- Successes, in bulk: check every lease at once; usually all still hold.
+if ok_count > 0 then
+  local members = {unpack(ARGV, members_at, pairs_at - 1)}
+  local held = zmscore(qk .. ':leased', members)
+  local all_held = true
+  for _, deadline in ipairs(held) do
+    if not deadline then all_held = false break end
   end
-  return mine
-end
-
--- Successes, in bulk.
-local ok_ids, ok_recs = {}, {}
-for i = 0, ok_count - 1 do
-  ok_ids[#ok_ids + 1] = ARGV[8 + i * 2]
-  ok_recs[#ok_recs + 1] = ARGV[9 + i * 2]
-end
-if #ok_ids > 0 then
-  local mine = owned(ok_ids)
-  local done, results, done_at = {}, {}, {}
-  for i, id in ipairs(ok_ids) do
-    if mine[id] then
-      done[#done + 1] = id
-      results[#results + 1] = id
-      results[#results + 1] = ok_recs[i]
-      done_at[#done_at + 1] = now
-      done_at[#done_at + 1] = id
+  local done_ids, results = {}, {}
+  if all_held then
+    for i = pairs_at, fails_at - 1, 2 do done_ids[#done_ids + 1] = ARGV[i] end
+    results = {unpack(ARGV, pairs_at, fails_at - 1)}
+  else
+    for i, deadline in ipairs(held) do
+      if deadline then
+        local at = pairs_at + (i - 1) * 2
+        done_ids[#done_ids + 1] = ARGV[at]
+        results[#results + 1] = ARGV[at]
+        results[#results + 1] = ARGV[at + 1]
+      end
     end
   end
-  if #done > 0 then
-    bulk('ZREM', qk .. ':leased', done)
-    bulk('HDEL', qk .. ':owner', done)
+  if #done_ids > 0 then
+    bulk('ZREM', qk .. ':leased', members)
     bulk('HSET', prefix .. ':res', results)
-    bulk('ZADD', qk .. ':done', done_at)
-    redis.call('HINCRBY', qk .. ':stats', 'done', #done)
+    bulk('RPUSH', qk .. ':done', done_ids)
+    redis.call('HINCRBY', qk .. ':stats', 'done', #done_ids)
   end
 end
 
 -- Failures, one by one (the rare path).
-local fail_ids, fail_recs = {}, {}
-for b = 8 + ok_count * 2, #ARGV, 2 do
-  fail_ids[#fail_ids + 1] = ARGV[b]
-  fail_recs[#fail_recs + 1] = ARGV[b + 1]
-end
-if #fail_ids > 0 then
-  local mine = owned(fail_ids)
-  for i, id in ipairs(fail_ids) do
-    local env = redis.call('HGET', prefix .. ':jobs', id)
-    if mine[id] and env then
-      local job = cjson.decode(env)
-      redis.call('ZREM', qk .. ':leased', id)
-      redis.call('HDEL', qk .. ':owner', id)
-      redis.call('HSET', prefix .. ':err', id, fail_recs[i])
-      redis.call('HINCRBY', qk .. ':stats', 'failed', 1)
-      local attempts = redis.call('HINCRBY', prefix .. ':att', id, 1)
-      if attempts >= job.ma then
-        redis.call('ZADD', qk .. ':dead', now, id)
-      else
-        local delay = math.min(job.b * 2 ^ (attempts - 1), max_backoff)
-        redis.call('ZADD', qk .. ':delayed', now + delay, delayed_member(id, job.pr))
-      end
+for b = fails_at, #ARGV, 2 do
+  local id, record = ARGV[b], ARGV[b + 1]
+  local env = redis.call('HGET', prefix .. ':jobs', id)
+  if env and redis.call('ZREM', qk .. ':leased', id .. ':' .. worker) == 1 then
+    local job = cjson.decode(env)
+    redis.call('HSET', prefix .. ':err', id, record)
+    redis.call('HINCRBY', qk .. ':stats', 'failed', 1)
+    local attempts = redis.call('HINCRBY', prefix .. ':att', id, 1)
+    if attempts >= job.ma then
+      redis.call('ZADD', qk .. ':dead', now, id)
+    else
+      local delay = math.min(job.b * 2 ^ (attempts - 1), max_backoff)
+      redis.call('ZADD', qk .. ':delayed', now + delay, delayed_member(id, job.pr))
     end
   end
 end
 
 -- Finished jobs older than the retention period are forgotten, a bounded
--- number per call.
-local old = redis.call('ZRANGEBYSCORE', qk .. ':done', '-inf', now - retention, 'LIMIT', 0, 500)
+-- number per call (the list is in finishing order).
+local old = {}
+for _, id in ipairs(redis.call('LRANGE', qk .. ':done', 0, 499)) do
+  local record = redis.call('HGET', prefix .. ':res', id)
+  if record and cjson.decode(record).t > now - retention then break end
+  old[#old + 1] = id
+end
 if #old > 0 then
-  bulk('ZREM', qk .. ':done', old)
+  redis.call('LTRIM', qk .. ':done', #old, -1)
   for _, hash in ipairs({'jobs', 'res', 'err', 'att'}) do
     bulk('HDEL', prefix .. ':' .. hash, old)
   end

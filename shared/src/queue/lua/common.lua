@@ -7,8 +7,10 @@
 --   P:q:q:wait   list  ids of priority 0, FIFO
 --   P:q:q:prio   zset  ids of other priorities, score -priority*2^40 + seq
 --   P:q:q:delayed zset "id" or "id|priority" by run-at ms
---   P:q:q:leased zset  ids by lease deadline; P:q:q:owner hash id -> worker
---   P:q:q:done / P:q:q:dead zsets by time; P:q:q:stats hash done, failed
+--   P:q:q:leased zset  "id:worker" by lease deadline (ids are 36-character
+--                      UUIDs, so the id is the member's first 36 characters)
+--   P:q:q:done   list  ids in finishing order, trimmed after the retention
+--   P:q:q:dead   zset  ids by time;  P:q:q:stats hash done, failed
 local CHUNK = 1000
 local PRIO_SCALE = 1099511627776
 
@@ -54,4 +56,18 @@ local function parse_delayed(member)
   local bar = string.find(member, '|', 1, true)
   if not bar then return member, 0 end
   return string.sub(member, 1, bar - 1), tonumber(string.sub(member, bar + 1))
+end
+
+local function lease_id(member)
+  return string.sub(member, 1, 36)
+end
+
+-- ZMSCORE over many members, chunked: the lease deadline or false per member.
+local function zmscore(key, members)
+  local out = {}
+  for i = 1, #members, CHUNK do
+    local part = redis.call('ZMSCORE', key, unpack(members, i, math.min(i + CHUNK - 1, #members)))
+    for _, v in ipairs(part) do out[#out + 1] = v end
+  end
+  return out
 end

@@ -8,9 +8,9 @@ local qk = prefix .. ':q:' .. queue
 -- 1. Leases that expired: the worker died or stalled. Bounded per call, so
 --    any backlog is worked off over several fetches, never in one reply.
 local expired = redis.call('ZRANGEBYSCORE', qk .. ':leased', '-inf', now, 'LIMIT', 0, 1000)
-for _, id in ipairs(expired) do
-  redis.call('ZREM', qk .. ':leased', id)
-  redis.call('HDEL', qk .. ':owner', id)
+for _, member in ipairs(expired) do
+  redis.call('ZREM', qk .. ':leased', member)
+  local id = lease_id(member)
   local env = redis.call('HGET', prefix .. ':jobs', id)
   if env then
     local job = cjson.decode(env)
@@ -72,19 +72,17 @@ if #ids == 0 then
 end
 local envs = hmget(prefix .. ':jobs', ids)
 local atts = hmget(prefix .. ':att', ids)
-local leased, owners = {}, {}
+local leased = {}
 local deadline = now + lease
+local suffix = ':' .. worker
 for i, id in ipairs(ids) do
   if envs[i] then
     leased[#leased + 1] = deadline
-    leased[#leased + 1] = id
-    owners[#owners + 1] = id
-    owners[#owners + 1] = worker
+    leased[#leased + 1] = id .. suffix
     out[#out + 1] = id
     out[#out + 1] = envs[i]
     out[#out + 1] = (tonumber(atts[i]) or 0) + 1
   end
 end
 bulk('ZADD', qk .. ':leased', leased)
-bulk('HSET', qk .. ':owner', owners)
 return out

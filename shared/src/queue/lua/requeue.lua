@@ -14,6 +14,7 @@ for _, id in ipairs(ids) do
   local env = redis.call('HGET', prefix .. ':jobs', id)
   if env and redis.call('ZREM', qk .. ':dead', id) == 1 then
     redis.call('HDEL', prefix .. ':att', id)
+    redis.call('HDEL', prefix .. ':err', id)
     requeue(prefix, qk, id, cjson.decode(env).pr)
     out[#out + 1] = id
   end
