@@ -40,6 +40,7 @@ const POOL_SIZE: usize = 4;
 
 struct Scripts {
     push: Script,
+    push_plain: Script,
     fetch: Script,
     ack: Script,
     extend: Script,
@@ -63,6 +64,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             push: script!("push.lua"),
+            push_plain: script!("push_plain.lua"),
             fetch: script!("fetch.lua"),
             ack: script!("ack.lua"),
             extend: script!("extend.lua"),
@@ -147,8 +149,44 @@ impl RedisBackend {
         self.pool.next()
     }
 
+    /// The common batch (one queue, priority 0, no delay or key): the
+    /// arguments are laid out for the bulk commands, so Lua does no per-job
+    /// work.
+    async fn push_plain(&self, jobs: Vec<NewJob>) -> anyhow::Result<Vec<Pushed>> {
+        let now = now_ms();
+        let queue = jobs[0].queue.clone();
+        let ids: Vec<String> = jobs
+            .iter()
+            .map(|_| uuid::Uuid::now_v7().to_string())
+            .collect();
+        let mut args: Vec<RedisValue> = Vec::with_capacity(3 + jobs.len() * 3);
+        args.push(self.prefix.clone().into());
+        args.push(queue.as_str().into());
+        args.push((jobs.len() as i64).into());
+        args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
+        for (id, job) in ids.iter().zip(&jobs) {
+            args.push(id.as_str().into());
+            args.push(envelope_json(job, now)?.into());
+        }
+        let _: i64 = self
+            .eval(&self.scripts.push_plain, args)
+            .await
+            .context("push to Redis")?;
+        Ok(ids
+            .into_iter()
+            .map(|id| Pushed {
+                id,
+                duplicate: false,
+            })
+            .collect())
+    }
+
     /// Runs a script by its hash, loading it first if this Redis lacks it.
-    async fn eval<R: FromValue>(&self, script: &Script, args: Vec<RedisValue>) -> anyhow::Result<R> {
+    async fn eval<R: FromValue>(
+        &self,
+        script: &Script,
+        args: Vec<RedisValue>,
+    ) -> anyhow::Result<R> {
         Ok(script
             .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
             .await?)
@@ -208,6 +246,9 @@ impl QueueBackend for RedisBackend {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        if is_plain(&jobs) {
+            return self.push_plain(jobs).await;
+        }
         let now = now_ms();
         let mut args: Vec<RedisValue> = Vec::with_capacity(4 + jobs.len() * 6);
         args.push(self.prefix.clone().into());
@@ -215,15 +256,7 @@ impl QueueBackend for RedisBackend {
         args.push((IDEMPOTENCY_TTL_S as i64).into());
         args.push((jobs.len() as i64).into());
         for job in jobs {
-            let envelope = EnvelopeRef {
-                q: job.queue.as_str(),
-                p: &job.payload,
-                pr: job.priority,
-                ma: job.max_attempts,
-                b: job.backoff_ms,
-                c: now,
-            };
-            let envelope = serde_json::to_string(&envelope)?;
+            let envelope = envelope_json(&job, now)?;
             args.push(uuid::Uuid::now_v7().to_string().into());
             args.push(job.queue.into());
             args.push(envelope.into());
@@ -231,7 +264,10 @@ impl QueueBackend for RedisBackend {
             args.push(job.idempotency_key.unwrap_or_default().into());
             args.push((job.delay_ms as i64).into());
         }
-        let reply: Vec<RedisValue> = self.eval(&self.scripts.push, args).await.context("push to Redis")?;
+        let reply: Vec<RedisValue> = self
+            .eval(&self.scripts.push, args)
+            .await
+            .context("push to Redis")?;
         reply
             .chunks(2)
             .map(|pair| {
@@ -258,8 +294,14 @@ impl QueueBackend for RedisBackend {
             (lease.as_millis() as i64).into(),
             worker.into(),
         ];
-        let reply: Vec<RedisValue> = self.eval(&self.scripts.fetch, args).await.context("fetch from Redis")?;
-        let head = reply.first().and_then(RedisValue::as_string).unwrap_or_default();
+        let reply: Vec<RedisValue> = self
+            .eval(&self.scripts.fetch, args)
+            .await
+            .context("fetch from Redis")?;
+        let head = reply
+            .first()
+            .and_then(RedisValue::as_string)
+            .unwrap_or_default();
         if head == "paused" {
             return Ok(Fetched {
                 paused: true,
@@ -297,7 +339,8 @@ impl QueueBackend for RedisBackend {
             return Ok(());
         }
         let now = now_ms();
-        let (done, failed): (Vec<Ack>, Vec<Ack>) = acks.into_iter().partition(|a| a.outcome.is_ok());
+        let (done, failed): (Vec<Ack>, Vec<Ack>) =
+            acks.into_iter().partition(|a| a.outcome.is_ok());
         let mut args: Vec<RedisValue> = Vec::with_capacity(7 + (done.len() + failed.len()) * 2);
         args.push(self.prefix.clone().into());
         args.push(queue.into());
@@ -306,14 +349,21 @@ impl QueueBackend for RedisBackend {
         args.push((DONE_RETENTION_MS as i64).into());
         args.push((MAX_BACKOFF_MS as i64).into());
         args.push((done.len() as i64).into());
-        // Laid out as ack.lua's bulk commands take them: lease members, then
+        // Laid out as ack.lua's bulk commands take them: lease members, ids,
         // id/result pairs, then id/error pairs.
         for ack in &done {
             args.push(format!("{}:{worker}", ack.id).into());
         }
+        for ack in &done {
+            args.push(ack.id.as_str().into());
+        }
         for ack in done {
             let result = ack.outcome.expect("partitioned: successes only");
-            let record = format!(r#"{{"a":{},"t":{now},"r":{}}}"#, ack.attempt, serde_json::to_string(&result)?);
+            let record = format!(
+                r#"{{"a":{},"t":{now},"r":{}}}"#,
+                ack.attempt,
+                serde_json::to_string(&result)?
+            );
             args.push(ack.id.into());
             args.push(record.into());
         }
@@ -322,7 +372,10 @@ impl QueueBackend for RedisBackend {
             args.push(ack.id.into());
             args.push(serde_json::to_string(&serde_json::json!({ "e": error, "t": now }))?.into());
         }
-        let _: i64 = self.eval(&self.scripts.ack, args).await.context("acknowledge in Redis")?;
+        let _: i64 = self
+            .eval(&self.scripts.ack, args)
+            .await
+            .context("acknowledge in Redis")?;
         Ok(())
     }
 
@@ -387,8 +440,11 @@ impl QueueBackend for RedisBackend {
         ids: &[String],
         max: usize,
     ) -> anyhow::Result<Vec<String>> {
-        let mut args: Vec<RedisValue> =
-            vec![self.prefix.clone().into(), queue.into(), (max as i64).into()];
+        let mut args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            queue.into(),
+            (max as i64).into(),
+        ];
         args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
         Ok(self.eval(&self.scripts.requeue, args).await?)
     }
@@ -442,6 +498,28 @@ impl QueueBackend for RedisBackend {
         let _: i64 = self.client().zrem(key, worker).await?;
         Ok(())
     }
+}
+
+fn envelope_json(job: &NewJob, now: u64) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(&EnvelopeRef {
+        q: &job.queue,
+        p: &job.payload,
+        pr: job.priority,
+        ma: job.max_attempts,
+        b: job.backoff_ms,
+        c: now,
+    })?)
+}
+
+/// Whether a batch can take the plain push: one queue, priority 0, no
+/// delay, no idempotency key.
+fn is_plain(jobs: &[NewJob]) -> bool {
+    jobs.iter().all(|job| {
+        job.queue == jobs[0].queue
+            && job.priority == 0
+            && job.delay_ms == 0
+            && job.idempotency_key.is_none()
+    })
 }
 
 fn string(value: &RedisValue) -> anyhow::Result<String> {

@@ -1,6 +1,6 @@
 -- Records attempt outcomes of one queue's jobs leased to one worker.
 -- ARGV: prefix, queue, now_ms, worker, retention_ms, max_backoff_ms, ok_count,
---   then ok_count lease members ("id:worker"),
+--   then ok_count lease members ("id:worker"), then ok_count ids,
 --   then ok_count pairs: id, result record,
 --   then per failure: id, error record.
 -- The caller lays the arguments out as the bulk commands need them, so the
@@ -9,35 +9,37 @@
 local prefix, queue, now, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local retention, max_backoff, ok_count = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local qk = prefix .. ':q:' .. queue
-local members_at, pairs_at, fails_at = 8, 8 + ok_count, 8 + ok_count * 3
+local members_at, ids_at = 8, 8 + ok_count
+local pairs_at, fails_at = 8 + ok_count * 2, 8 + ok_count * 4
 
--- Successes, in bulk: check every lease at once; usually all still hold.
+-- Successes, in bulk: check every lease at once; usually all still hold,
+-- and then the arguments go to the commands as they are.
 if ok_count > 0 then
-  local members = {unpack(ARGV, members_at, pairs_at - 1)}
-  local held = zmscore(qk .. ':leased', members)
-  local all_held = true
-  for _, deadline in ipairs(held) do
-    if not deadline then all_held = false break end
+  local held = {}
+  for i = members_at, ids_at - 1, CHUNK do
+    local part = redis.call('ZMSCORE', qk .. ':leased', unpack(ARGV, i, math.min(i + CHUNK - 1, ids_at - 1)))
+    for _, v in ipairs(part) do held[#held + 1] = v end
   end
-  local done_ids, results = {}, {}
-  if all_held then
-    for i = pairs_at, fails_at - 1, 2 do done_ids[#done_ids + 1] = ARGV[i] end
-    results = {unpack(ARGV, pairs_at, fails_at - 1)}
+  local lost = 0
+  for _, deadline in ipairs(held) do
+    if not deadline then lost = lost + 1 end
+  end
+  if lost == 0 then
+    bulk_argv('ZREM', qk .. ':leased', members_at, ids_at - 1)
+    bulk_argv('RPUSH', qk .. ':done', ids_at, pairs_at - 1)
+    bulk_argv('HSET', prefix .. ':res', pairs_at, fails_at - 1)
   else
     for i, deadline in ipairs(held) do
       if deadline then
-        local at = pairs_at + (i - 1) * 2
-        done_ids[#done_ids + 1] = ARGV[at]
-        results[#results + 1] = ARGV[at]
-        results[#results + 1] = ARGV[at + 1]
+        local id = ARGV[ids_at + i - 1]
+        redis.call('ZREM', qk .. ':leased', ARGV[members_at + i - 1])
+        redis.call('RPUSH', qk .. ':done', id)
+        redis.call('HSET', prefix .. ':res', id, ARGV[pairs_at + (i - 1) * 2 + 1])
       end
     end
   end
-  if #done_ids > 0 then
-    bulk('ZREM', qk .. ':leased', members)
-    bulk('HSET', prefix .. ':res', results)
-    bulk('RPUSH', qk .. ':done', done_ids)
-    redis.call('HINCRBY', qk .. ':stats', 'done', #done_ids)
+  if ok_count > lost then
+    redis.call('HINCRBY', qk .. ':stats', 'done', ok_count - lost)
   end
 end
 

@@ -62,12 +62,9 @@ local function lease_id(member)
   return string.sub(member, 1, 36)
 end
 
--- ZMSCORE over many members, chunked: the lease deadline or false per member.
-local function zmscore(key, members)
-  local out = {}
-  for i = 1, #members, CHUNK do
-    local part = redis.call('ZMSCORE', key, unpack(members, i, math.min(i + CHUNK - 1, #members)))
-    for _, v in ipairs(part) do out[#out + 1] = v end
+-- Calls a variadic command over ARGV[from..to] in chunks, copying nothing.
+local function bulk_argv(cmd, key, from, to)
+  for i = from, to, CHUNK do
+    redis.call(cmd, key, unpack(ARGV, i, math.min(i + CHUNK - 1, to)))
   end
-  return out
 end
