@@ -65,6 +65,11 @@ impl JobHandler for Noop {
     }
 
     async fn run(&self, job: &LeasedJob) -> Result<Value, JobError> {
+        // When it started, in µs since the epoch: latency benches read it.
+        let started_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
         let payload = parse(&job.payload).map_err(JobError)?;
         if payload.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(payload.sleep_ms)).await;
@@ -78,7 +83,9 @@ impl JobHandler for Noop {
                 job.attempt, payload.fail_attempts
             )));
         }
-        Ok(json!({ "attempt": job.attempt, "slept_ms": payload.sleep_ms }))
+        Ok(
+            json!({ "attempt": job.attempt, "slept_ms": payload.sleep_ms, "started_us": started_us }),
+        )
     }
 }
 

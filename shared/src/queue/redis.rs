@@ -181,6 +181,39 @@ impl RedisBackend {
             .collect())
     }
 
+    /// Deletes every key under this backend's prefix (benchmarks and test
+    /// clean-up); SCAN-based, so Redis keeps serving meanwhile.
+    pub async fn purge(&self) -> anyhow::Result<u64> {
+        let pattern = format!("{}:*", self.prefix);
+        let mut cursor = "0".to_string();
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (String, Vec<String>) = self
+                .client()
+                .scan_page(cursor, pattern.as_str(), Some(1000), None)
+                .await?;
+            if !keys.is_empty() {
+                deleted += self.client().unlink::<u64, _>(keys).await?;
+            }
+            if next == "0" {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Redis' `used_memory`, in bytes.
+    pub async fn used_memory(&self) -> anyhow::Result<u64> {
+        let info: String = self
+            .client()
+            .info(Some(fred::types::InfoKind::Memory))
+            .await?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no used_memory in INFO memory"))
+    }
+
     /// Runs a script by its hash, loading it first if this Redis lacks it.
     async fn eval<R: FromValue>(
         &self,

@@ -1,23 +1,78 @@
-//! `orchestrator-bench`: noop jobs/s through the queue engine, pushed in
-//! batches and then processed by an in-process apalis worker, on the
-//! embedded SQLite backend and/or Redis.
+//! `orchestrator-bench`: queue engine figures, printed as JSON lines.
 //!
-//! ```text
-//! cargo run --release -p orchestrator-tests --bin orchestrator-bench -- --jobs 100000
-//! ```
+//! - `backlog`: push N noop jobs, then drain them with an in-process worker
+//!   (embedded SQLite and/or Redis).
+//! - `e2e`: one producer (this process) pushing batches while K real
+//!   `orchestrator-worker` processes run the jobs, timed from the first push
+//!   until every job is done.
+//! - `latency`: an idle worker; single pushes; push-to-start delay.
+//! - `footprint`: Redis bytes per pending job with N jobs waiting.
+//!
+//! `deploy/scripts/bench.sh` runs them next to the BullMQ bench.
 
 use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use clap::{Parser, ValueEnum};
+use anyhow::{Context, ensure};
+use clap::{Parser, Subcommand, ValueEnum};
 use orchestrator_shared::{
     jobs::Noop,
-    queue::{NewJob, QueueBackend, redis::RedisBackend, sqlite::SqliteBackend, worker},
+    queue::{JobStatus, NewJob, QueueBackend, redis::RedisBackend, sqlite::SqliteBackend, worker},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator-bench", about = "Queue engine benchmarks")]
+struct Cli {
+    /// Redis to measure against.
+    #[arg(
+        long,
+        env = "ORCH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    redis_url: String,
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Push N jobs with no worker, then drain them in-process.
+    Backlog {
+        #[arg(long, value_enum, default_value = "both")]
+        backend: Which,
+        #[arg(long, default_value_t = 100_000, value_parser = jobs_range())]
+        jobs: u64,
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        concurrency: u64,
+    },
+    /// One producer and K worker processes, concurrently, through Redis.
+    E2e {
+        #[arg(long, default_value_t = 200_000, value_parser = jobs_range())]
+        jobs: u64,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+        workers: u64,
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        concurrency: u64,
+    },
+    /// Push-to-start delay of single jobs to an idle worker.
+    Latency {
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=100_000))]
+        samples: u64,
+    },
+    /// Redis memory per pending job.
+    Footprint {
+        #[arg(long, default_value_t = 1_000_000, value_parser = jobs_range())]
+        jobs: u64,
+    },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
@@ -26,62 +81,53 @@ enum Which {
     Both,
 }
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "orchestrator-bench",
-    about = "Noop job throughput of the queue backends"
-)]
-struct Cli {
-    /// Backends to measure.
-    #[arg(long, value_enum, default_value = "both")]
-    backend: Which,
-    /// Jobs per run.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    jobs: u64,
-    /// Jobs per push call.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    batch: u64,
-    /// Jobs the worker runs at once.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    concurrency: u64,
-    /// Redis to measure against.
-    #[arg(long, env = "ORCH_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
+fn jobs_range() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=10_000_000)
 }
+
+const BATCH: u64 = 1_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    println!(
-        "noop jobs: {}, push batch: {}, worker concurrency: {}",
-        cli.jobs, cli.batch, cli.concurrency
-    );
-    println!(
-        "{:<10} {:>14} {:>16}",
-        "backend", "pushed jobs/s", "processed jobs/s"
-    );
-    if matches!(cli.backend, Which::Embedded | Which::Both) {
-        let dir =
-            std::env::temp_dir().join(format!("orch-bench-{}", uuid::Uuid::now_v7().simple()));
-        let backend = Arc::new(SqliteBackend::open(&dir.join("queue.db")).await?);
-        measure("embedded", backend, &cli).await?;
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    if matches!(cli.backend, Which::Redis | Which::Both) {
-        let prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
-        let backend = Arc::new(RedisBackend::connect(&cli.redis_url, &prefix).await?);
-        measure("redis", backend, &cli).await?;
-        println!("(keys left under {prefix}:* in Redis; FLUSHDB a scratch Redis to drop them)");
+    match cli.command {
+        Bench::Backlog {
+            backend,
+            jobs,
+            concurrency,
+        } => {
+            if matches!(backend, Which::Embedded | Which::Both) {
+                let dir = std::env::temp_dir()
+                    .join(format!("orch-bench-{}", uuid::Uuid::now_v7().simple()));
+                let queue = Arc::new(SqliteBackend::open(&dir.join("queue.db")).await?);
+                backlog("embedded", queue, jobs, concurrency).await?;
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            if matches!(backend, Which::Redis | Which::Both) {
+                let queue =
+                    Arc::new(RedisBackend::connect(&cli.redis_url, &unique_prefix()).await?);
+                backlog("redis", queue.clone(), jobs, concurrency).await?;
+                queue.purge().await?;
+            }
+        }
+        Bench::E2e {
+            jobs,
+            workers,
+            concurrency,
+        } => e2e(&cli.redis_url, jobs, workers, concurrency).await?,
+        Bench::Latency { samples } => latency(&cli.redis_url, samples).await?,
+        Bench::Footprint { jobs } => footprint(&cli.redis_url, jobs).await?,
     }
     Ok(())
 }
 
-async fn measure(name: &str, backend: Arc<dyn QueueBackend>, cli: &Cli) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut pushed = 0;
-    while pushed < cli.jobs {
-        let n = cli.batch.min(cli.jobs - pushed);
-        let jobs = (0..n).map(|_| NewJob {
+fn unique_prefix() -> String {
+    format!("bench-{}", uuid::Uuid::now_v7().simple())
+}
+
+fn noop_jobs(n: u64) -> Vec<NewJob> {
+    (0..n)
+        .map(|_| NewJob {
             queue: "noop".into(),
             payload: Value::Null,
             priority: 0,
@@ -89,38 +135,234 @@ async fn measure(name: &str, backend: Arc<dyn QueueBackend>, cli: &Cli) -> anyho
             backoff_ms: 1_000,
             idempotency_key: None,
             delay_ms: 0,
-        });
-        backend.push(jobs.collect()).await?;
-        pushed += n;
+        })
+        .collect()
+}
+
+async fn push_all(queue: &Arc<dyn QueueBackend>, jobs: u64) -> anyhow::Result<()> {
+    // A few batches in flight, as a busy producer would have.
+    let mut in_flight = JoinSet::new();
+    let mut sent = 0;
+    while sent < jobs {
+        let n = BATCH.min(jobs - sent);
+        let queue = queue.clone();
+        in_flight.spawn(async move { queue.push(noop_jobs(n)).await.map(|_| ()) });
+        sent += n;
+        if in_flight.len() >= 4 {
+            in_flight.join_next().await.expect("a push in flight")??;
+        }
     }
-    let push_rate = cli.jobs as f64 / started.elapsed().as_secs_f64();
+    while let Some(done) = in_flight.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+async fn wait_done(
+    queue: &Arc<dyn QueueBackend>,
+    jobs: u64,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while queue.counts("noop").await?.done < jobs {
+        ensure!(
+            started.elapsed() < deadline,
+            "jobs not done within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn backlog(
+    name: &str,
+    queue: Arc<dyn QueueBackend>,
+    jobs: u64,
+    concurrency: u64,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    push_all(&queue, jobs).await?;
+    let pushed_per_s = jobs as f64 / started.elapsed().as_secs_f64();
 
     let shutdown = CancellationToken::new();
     let options = worker::WorkerOptions {
         queue: "noop".into(),
-        concurrency: cli.concurrency as usize,
+        concurrency: concurrency as usize,
         lease: Duration::from_secs(30),
         worker_id: format!("bench-{}", uuid::Uuid::now_v7().simple()),
         rate_limit_per_s: None,
     };
     let started = Instant::now();
     let run = tokio::spawn(worker::run(
-        backend.clone(),
+        queue.clone(),
         Arc::new(Noop),
         options,
         shutdown.clone(),
     ));
-    loop {
-        let counts = backend.counts("noop").await?;
-        if counts.done >= cli.jobs {
-            break;
-        }
-        anyhow::ensure!(!run.is_finished(), "the worker stopped with {counts:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let process_rate = cli.jobs as f64 / started.elapsed().as_secs_f64();
+    wait_done(&queue, jobs, Duration::from_secs(600)).await?;
+    let processed_per_s = jobs as f64 / started.elapsed().as_secs_f64();
     shutdown.cancel();
     run.await??;
-    println!("{name:<10} {push_rate:>14.0} {process_rate:>16.0}");
+    println!(
+        "{}",
+        json!({"bench": "backlog", "backend": name, "jobs": jobs, "concurrency": concurrency,
+               "pushed_per_s": pushed_per_s.round(), "processed_per_s": processed_per_s.round()})
+    );
+    Ok(())
+}
+
+/// Worker processes of the bench, stopped (SIGTERM, then waited for) on drop.
+struct Workers(Vec<Child>);
+
+impl Workers {
+    fn start(redis_url: &str, prefix: &str, count: u64, concurrency: u64) -> anyhow::Result<Self> {
+        let binary = sibling_binary("orchestrator-worker")?;
+        let data_dir = std::env::temp_dir().join(format!("orch-bench-{prefix}"));
+        let mut children = Vec::new();
+        for _ in 0..count {
+            children.push(
+                Command::new(&binary)
+                    .args([
+                        "--queues",
+                        "noop",
+                        "--concurrency",
+                        &concurrency.to_string(),
+                    ])
+                    .env("ORCH_REDIS_URL", redis_url)
+                    .env("ORCH_REDIS_PREFIX", prefix)
+                    .env("ORCH_DATA_DIR", &data_dir)
+                    .env("RUST_LOG", "warn")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("start {}", binary.display()))?,
+            );
+        }
+        Ok(Self(children))
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &self.0 {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A binary built next to this one (cargo build --release puts them together).
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    ensure!(
+        path.exists(),
+        "{} is missing: build it with the same profile as the bench",
+        path.display()
+    );
+    Ok(path)
+}
+
+async fn wait_for_workers(queue: &Arc<dyn QueueBackend>, count: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while queue.counts("noop").await?.workers < count {
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "workers did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn e2e(redis_url: &str, jobs: u64, workers: u64, concurrency: u64) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let redis = Arc::new(RedisBackend::connect(redis_url, &prefix).await?);
+    let queue: Arc<dyn QueueBackend> = redis.clone();
+    let fleet = Workers::start(redis_url, &prefix, workers, concurrency)?;
+    wait_for_workers(&queue, workers).await?;
+
+    let started = Instant::now();
+    push_all(&queue, jobs).await?;
+    let push_seconds = started.elapsed().as_secs_f64();
+    wait_done(&queue, jobs, Duration::from_secs(600)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(fleet);
+    redis.purge().await?;
+    println!(
+        "{}",
+        json!({"bench": "e2e", "peer": "orchestrator", "jobs": jobs, "workers": workers,
+               "concurrency": concurrency, "pushed_per_s": (jobs as f64 / push_seconds).round(),
+               "end_to_end_per_s": (jobs as f64 / seconds).round()})
+    );
+    Ok(())
+}
+
+async fn latency(redis_url: &str, samples: u64) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let redis = Arc::new(RedisBackend::connect(redis_url, &prefix).await?);
+    let queue: Arc<dyn QueueBackend> = redis.clone();
+    let fleet = Workers::start(redis_url, &prefix, 1, 16)?;
+    wait_for_workers(&queue, 1).await?;
+    // Let the worker go idle, blocked on its wake-up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut delays_us = Vec::with_capacity(samples as usize);
+    for _ in 0..samples {
+        let pushed_us = now_us();
+        let id = queue.push(noop_jobs(1)).await?.remove(0).id;
+        let started_us = loop {
+            let job = queue.job(&id).await?.context("pushed job vanished")?;
+            if job.status == JobStatus::Done {
+                break job
+                    .result
+                    .as_ref()
+                    .and_then(|r| r["started_us"].as_u64())
+                    .context("started_us")?;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        delays_us.push(started_us.saturating_sub(pushed_us));
+        // Idle again before the next sample.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(fleet);
+    redis.purge().await?;
+    delays_us.sort_unstable();
+    let pct = |p: f64| {
+        delays_us[((delays_us.len() as f64 * p) as usize).min(delays_us.len() - 1)] as f64 / 1000.0
+    };
+    println!(
+        "{}",
+        json!({"bench": "latency", "samples": samples, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+               "max_ms": pct(1.0)})
+    );
+    Ok(())
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+async fn footprint(redis_url: &str, jobs: u64) -> anyhow::Result<()> {
+    let redis = Arc::new(RedisBackend::connect(redis_url, &unique_prefix()).await?);
+    let queue: Arc<dyn QueueBackend> = redis.clone();
+    let before = redis.used_memory().await?;
+    push_all(&queue, jobs).await?;
+    let after = redis.used_memory().await?;
+    ensure!(
+        queue.counts("noop").await?.pending == jobs,
+        "not every job is pending"
+    );
+    redis.purge().await?;
+    println!(
+        "{}",
+        json!({"bench": "footprint", "peer": "orchestrator", "pending_jobs": jobs,
+               "bytes_per_job": ((after.saturating_sub(before)) as f64 / jobs as f64).round()})
+    );
     Ok(())
 }
