@@ -466,3 +466,77 @@ pub async fn fetch_text(url: &str) -> String {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A Redis server of the test's own (for restarts), with AOF persistence.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: PathBuf,
+    process: Process,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` with `appendonly yes` and `appendfsync always`.
+    pub async fn start_with_aof() -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("orch-redis-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("redis data dir");
+        let process = Self::spawn(port, &dir);
+        let redis = Self { port, dir, process };
+        redis.wait_ready().await;
+        redis
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Process {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server (run deploy/scripts/test.sh to install it)");
+        Process(Some(child))
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9, then start again on the same port and data directory.
+    pub async fn crash_and_restart(&mut self) {
+        self.process.signal(libc::SIGKILL);
+        self.process.wait_exit(Duration::from_secs(10)).await;
+        self.process = Self::spawn(self.port, &self.dir);
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(child) = self.process.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

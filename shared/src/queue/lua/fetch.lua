@@ -25,19 +25,25 @@ for _, member in ipairs(expired) do
   end
 end
 
--- 2. Delayed jobs and retries that are due (bounded, chunked).
-local due = redis.call('ZRANGEBYSCORE', qk .. ':delayed', '-inf', now, 'LIMIT', 0, 20000)
+-- 2. Delayed jobs and retries that are due, up to 100,000 per call: a
+--    whole wave that comes due together is runnable at once (priorities
+--    then apply), without ever building one unbounded reply.
+local DUE_LIMIT = 100000
+local due = redis.call('ZRANGEBYSCORE', qk .. ':delayed', '-inf', now, 'LIMIT', 0, DUE_LIMIT)
 if #due > 0 then
   local wait, prio = {}, {}
   for _, member in ipairs(due) do
-    local id, priority = parse_delayed(member)
-    if priority == 0 then
-      wait[#wait + 1] = id
-    else
+    if string.find(member, '|', 1, true) then
       prio[#prio + 1] = member
+    else
+      wait[#wait + 1] = member
     end
   end
-  bulk('ZREM', qk .. ':delayed', due)
+  if #due < DUE_LIMIT then
+    redis.call('ZREMRANGEBYSCORE', qk .. ':delayed', '-inf', now)
+  else
+    bulk('ZREM', qk .. ':delayed', due)
+  end
   bulk('RPUSH', qk .. ':wait', wait)
   for _, member in ipairs(prio) do
     local id, priority = parse_delayed(member)
