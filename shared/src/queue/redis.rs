@@ -208,10 +208,13 @@ impl RedisBackend {
             .client()
             .info(Some(fred::types::InfoKind::Memory))
             .await?;
-        info.lines()
-            .find_map(|line| line.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| anyhow!("no used_memory in INFO memory"))
+        info_field(&info, "used_memory")
+    }
+
+    /// CPU seconds the Redis server has used (user + system).
+    pub async fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let info: String = self.client().info(Some(fred::types::InfoKind::Cpu)).await?;
+        Ok(info_field::<f64>(&info, "used_cpu_user")? + info_field::<f64>(&info, "used_cpu_sys")?)
     }
 
     /// Runs a script by its hash, loading it first if this Redis lacks it.
@@ -325,7 +328,7 @@ impl QueueBackend for RedisBackend {
             (now_ms() as i64).into(),
             (max as i64).into(),
             (lease.as_millis() as i64).into(),
-            worker.into(),
+            worker_slot(worker).into(),
         ];
         let reply: Vec<RedisValue> = self
             .eval(&self.scripts.fetch, args)
@@ -341,16 +344,24 @@ impl QueueBackend for RedisBackend {
                 ..Fetched::default()
             });
         }
-        let mut jobs = Vec::with_capacity(reply.len().saturating_sub(1) / 3);
-        for fields in reply[1..].chunks(3) {
-            let envelope: Envelope = serde_json::from_slice(bytes(&fields[1])?)?;
-            jobs.push(LeasedJob {
-                id: string(&fields[0])?,
-                queue: queue.to_string(),
-                payload: envelope.p,
-                attempt: number(&fields[2])? as u32,
-                max_attempts: envelope.ma,
-            });
+        let mut jobs = Vec::new();
+        if let [_, ids, envelopes, attempts] = &reply[..] {
+            let (ids, envelopes, attempts) = (array(ids)?, array(envelopes)?, array(attempts)?);
+            jobs.reserve(ids.len());
+            for ((id, envelope), attempts) in ids.iter().zip(envelopes).zip(attempts) {
+                // Nil: the envelope is gone (the job expired); Lua skipped it too.
+                let Some(envelope) = envelope.as_bytes() else {
+                    continue;
+                };
+                let envelope: Envelope = serde_json::from_slice(envelope)?;
+                jobs.push(LeasedJob {
+                    id: string(id)?,
+                    queue: queue.to_string(),
+                    payload: envelope.p,
+                    attempt: attempts.as_u64().unwrap_or(0) as u32 + 1,
+                    max_attempts: envelope.ma,
+                });
+            }
         }
         Ok(Fetched {
             jobs,
@@ -374,19 +385,18 @@ impl QueueBackend for RedisBackend {
         let now = now_ms();
         let (done, failed): (Vec<Ack>, Vec<Ack>) =
             acks.into_iter().partition(|a| a.outcome.is_ok());
-        let mut args: Vec<RedisValue> = Vec::with_capacity(7 + (done.len() + failed.len()) * 2);
+        let mut args: Vec<RedisValue> = Vec::with_capacity(8 + done.len() * 3 + failed.len() * 2);
         args.push(self.prefix.clone().into());
         args.push(queue.into());
         args.push((now as i64).into());
-        args.push(worker.into());
+        args.push(worker_slot(worker).into());
         args.push((DONE_RETENTION_MS as i64).into());
         args.push((MAX_BACKOFF_MS as i64).into());
         args.push((done.len() as i64).into());
-        // Laid out as ack.lua's bulk commands take them: lease members, ids,
-        // id/result pairs, then id/error pairs.
-        for ack in &done {
-            args.push(format!("{}:{worker}", ack.id).into());
-        }
+        // Laid out as ack.lua's bulk commands take them: the ids joined (one
+        // list element per batch), the ids, id/result pairs, id/error pairs.
+        let joined: Vec<&str> = done.iter().map(|ack| ack.id.as_str()).collect();
+        args.push(joined.join(",").into());
         for ack in &done {
             args.push(ack.id.as_str().into());
         }
@@ -426,7 +436,7 @@ impl QueueBackend for RedisBackend {
         let mut args: Vec<RedisValue> = vec![
             self.prefix.clone().into(),
             queue.into(),
-            worker.into(),
+            worker_slot(worker).into(),
             (deadline as i64).into(),
         ];
         args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
@@ -438,8 +448,11 @@ impl QueueBackend for RedisBackend {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut args: Vec<RedisValue> =
-            vec![self.prefix.clone().into(), queue.into(), worker.into()];
+        let mut args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            queue.into(),
+            worker_slot(worker).into(),
+        ];
         args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
         let _: i64 = self.eval(&self.scripts.release, args).await?;
         Ok(())
@@ -531,6 +544,35 @@ impl QueueBackend for RedisBackend {
         let _: i64 = self.client().zrem(key, worker).await?;
         Ok(())
     }
+}
+
+/// Lease slots (see `lua/common.lua`): a lease score carries its holder's
+/// slot, so acknowledgements check ownership without storing a name per job.
+const LEASE_SLOTS: u64 = 1024;
+
+/// The slot of a worker: a stable hash (FNV-1a) of its unique name. Two live
+/// workers share a slot with probability 1/1024; that only matters if one of
+/// them also lost a lease, and then a job's result may come from the run
+/// whose lease expired instead of the rerun (both ran it: at-least-once).
+fn worker_slot(worker: &str) -> i64 {
+    let hash = worker.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % LEASE_SLOTS) as i64
+}
+
+fn array(value: &RedisValue) -> anyhow::Result<&[RedisValue]> {
+    match value {
+        RedisValue::Array(items) => Ok(items),
+        other => Err(anyhow!("expected an array from Redis, got {other:?}")),
+    }
+}
+
+fn info_field<T: std::str::FromStr>(info: &str, name: &str) -> anyhow::Result<T> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {name} in INFO"))
 }
 
 fn envelope_json(job: &NewJob, now: u64) -> anyhow::Result<String> {

@@ -241,6 +241,33 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// CPU seconds the worker processes have used so far (Linux /proc).
+    fn cpu_seconds(&self) -> f64 {
+        self.0
+            .iter()
+            .map(|child| process_cpu_seconds(child.id()))
+            .sum()
+    }
+}
+
+/// utime + stime of a process, from /proc/PID/stat (0 where unavailable).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    // SAFETY: sysconf has no memory effects.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / per_second.max(1.0)
+}
+
 impl Drop for Workers {
     fn drop(&mut self) {
         for child in &self.0 {
@@ -283,18 +310,28 @@ async fn e2e(redis_url: &str, jobs: u64, workers: u64, concurrency: u64) -> anyh
     let fleet = Workers::start(redis_url, &prefix, workers, concurrency)?;
     wait_for_workers(&queue, workers).await?;
 
+    let redis_cpu_before = redis.cpu_seconds().await?;
+    let producer_cpu_before = process_cpu_seconds(std::process::id());
+    let workers_cpu_before = fleet.cpu_seconds();
     let started = Instant::now();
     push_all(&queue, jobs).await?;
     let push_seconds = started.elapsed().as_secs_f64();
     wait_done(&queue, jobs, Duration::from_secs(600)).await?;
     let seconds = started.elapsed().as_secs_f64();
+    // Where the time went: CPU seconds of each party during the run.
+    let cpu = json!({
+        "redis": round2(redis.cpu_seconds().await? - redis_cpu_before),
+        "producer": round2(process_cpu_seconds(std::process::id()) - producer_cpu_before),
+        "workers": round2(fleet.cpu_seconds() - workers_cpu_before),
+        "wall": round2(seconds),
+    });
     drop(fleet);
     redis.purge().await?;
     println!(
         "{}",
         json!({"bench": "e2e", "peer": "orchestrator", "jobs": jobs, "workers": workers,
                "concurrency": concurrency, "pushed_per_s": (jobs as f64 / push_seconds).round(),
-               "end_to_end_per_s": (jobs as f64 / seconds).round()})
+               "end_to_end_per_s": (jobs as f64 / seconds).round(), "cpu_seconds": cpu})
     );
     Ok(())
 }
@@ -339,6 +376,10 @@ async fn latency(redis_url: &str, samples: u64) -> anyhow::Result<()> {
                "max_ms": pct(1.0)})
     );
     Ok(())
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 fn now_us() -> u64 {

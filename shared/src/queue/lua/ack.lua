@@ -1,42 +1,45 @@
 -- Records attempt outcomes of one queue's jobs leased to one worker.
--- ARGV: prefix, queue, now_ms, worker, retention_ms, max_backoff_ms, ok_count,
---   then ok_count lease members ("id:worker"), then ok_count ids,
+-- ARGV: prefix, queue, now_ms, worker slot, retention_ms, max_backoff_ms,
+--   ok_count, the ok ids joined by commas, then ok_count ids,
 --   then ok_count pairs: id, result record,
 --   then per failure: id, error record.
 -- The caller lays the arguments out as the bulk commands need them, so the
 -- common path copies nothing in Lua. Acks for jobs whose lease this worker
 -- lost are ignored: those jobs run again.
-local prefix, queue, now, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local prefix, queue, now, slot = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local retention, max_backoff, ok_count = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local joined = ARGV[8]
 local qk = prefix .. ':q:' .. queue
-local members_at, ids_at = 8, 8 + ok_count
-local pairs_at, fails_at = 8 + ok_count * 2, 8 + ok_count * 4
+local ids_at = 9
+local pairs_at, fails_at = ids_at + ok_count, ids_at + ok_count * 3
 
 -- Successes, in bulk: check every lease at once; usually all still hold,
 -- and then the arguments go to the commands as they are.
 if ok_count > 0 then
   local held = {}
-  for i = members_at, ids_at - 1, CHUNK do
-    local part = redis.call('ZMSCORE', qk .. ':leased', unpack(ARGV, i, math.min(i + CHUNK - 1, ids_at - 1)))
-    for _, v in ipairs(part) do held[#held + 1] = v end
+  for i = ids_at, pairs_at - 1, CHUNK do
+    local part = redis.call('ZMSCORE', qk .. ':leased', unpack(ARGV, i, math.min(i + CHUNK - 1, pairs_at - 1)))
+    for _, v in ipairs(part) do held[#held + 1] = held_by(v, slot) end
   end
   local lost = 0
-  for _, deadline in ipairs(held) do
-    if not deadline then lost = lost + 1 end
+  for _, mine in ipairs(held) do
+    if not mine then lost = lost + 1 end
   end
   if lost == 0 then
-    bulk_argv('ZREM', qk .. ':leased', members_at, ids_at - 1)
-    bulk_argv('RPUSH', qk .. ':done', ids_at, pairs_at - 1)
+    bulk_argv('ZREM', qk .. ':leased', ids_at, pairs_at - 1)
     bulk_argv('HSET', prefix .. ':res', pairs_at, fails_at - 1)
+    redis.call('RPUSH', qk .. ':done', joined)
   else
-    for i, deadline in ipairs(held) do
-      if deadline then
+    local done = {}
+    for i, mine in ipairs(held) do
+      if mine then
         local id = ARGV[ids_at + i - 1]
-        redis.call('ZREM', qk .. ':leased', ARGV[members_at + i - 1])
-        redis.call('RPUSH', qk .. ':done', id)
+        redis.call('ZREM', qk .. ':leased', id)
         redis.call('HSET', prefix .. ':res', id, ARGV[pairs_at + (i - 1) * 2 + 1])
+        done[#done + 1] = id
       end
     end
+    if #done > 0 then redis.call('RPUSH', qk .. ':done', table.concat(done, ',')) end
   end
   if ok_count > lost then
     redis.call('HINCRBY', qk .. ':stats', 'done', ok_count - lost)
@@ -47,8 +50,9 @@ end
 for b = fails_at, #ARGV, 2 do
   local id, record = ARGV[b], ARGV[b + 1]
   local env = redis.call('HGET', prefix .. ':jobs', id)
-  if env and redis.call('ZREM', qk .. ':leased', id .. ':' .. worker) == 1 then
+  if env and held_by(redis.call('ZSCORE', qk .. ':leased', id), slot) then
     local job = cjson.decode(env)
+    redis.call('ZREM', qk .. ':leased', id)
     redis.call('HSET', prefix .. ':err', id, record)
     redis.call('HINCRBY', qk .. ':stats', 'failed', 1)
     local attempts = redis.call('HINCRBY', prefix .. ':att', id, 1)
@@ -62,15 +66,15 @@ for b = fails_at, #ARGV, 2 do
 end
 
 -- Finished jobs older than the retention period are forgotten, a bounded
--- number per call (the list is in finishing order).
-local old = {}
-for _, id in ipairs(redis.call('LRANGE', qk .. ':done', 0, 499)) do
-  local record = redis.call('HGET', prefix .. ':res', id)
+-- number of batches per call (the list is in finishing order).
+for _ = 1, 4 do
+  local head = redis.call('LINDEX', qk .. ':done', 0)
+  if not head then break end
+  local old = {}
+  for id in string.gmatch(head, '[^,]+') do old[#old + 1] = id end
+  local record = redis.call('HGET', prefix .. ':res', old[1])
   if record and cjson.decode(record).t > now - retention then break end
-  old[#old + 1] = id
-end
-if #old > 0 then
-  redis.call('LTRIM', qk .. ':done', #old, -1)
+  redis.call('LPOP', qk .. ':done')
   for _, hash in ipairs({'jobs', 'res', 'err', 'att'}) do
     bulk('HDEL', prefix .. ':' .. hash, old)
   end

@@ -7,9 +7,11 @@
 --   P:q:q:wait   list  ids of priority 0, FIFO
 --   P:q:q:prio   zset  ids of other priorities, score -priority*2^40 + seq
 --   P:q:q:delayed zset "id" or "id|priority" by run-at ms
---   P:q:q:leased zset  "id:worker" by lease deadline (ids are 36-character
---                      UUIDs, so the id is the member's first 36 characters)
---   P:q:q:done   list  ids in finishing order, trimmed after the retention
+--   P:q:q:leased zset  ids by deadline_ms * 1024 + the holder's slot (a
+--                      number 0..1023 derived from the worker's name), so one
+--                      score says both when a lease ends and who holds it
+--   P:q:q:done   list  comma-joined ids per acknowledgement batch, in
+--                      finishing order, trimmed after the retention
 --   P:q:q:dead   zset  ids by time;  P:q:q:stats hash done, failed
 local CHUNK = 1000
 local PRIO_SCALE = 1099511627776
@@ -58,8 +60,15 @@ local function parse_delayed(member)
   return string.sub(member, 1, bar - 1), tonumber(string.sub(member, bar + 1))
 end
 
-local function lease_id(member)
-  return string.sub(member, 1, 36)
+local SLOTS = 1024
+
+local function lease_score(deadline, slot)
+  return deadline * SLOTS + slot
+end
+
+-- Whether a lease score (string or false) is held by `slot`.
+local function held_by(score, slot)
+  return score and math.fmod(tonumber(score), SLOTS) == slot
 end
 
 -- Calls a variadic command over ARGV[from..to] in chunks, copying nothing.

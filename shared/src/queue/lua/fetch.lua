@@ -1,16 +1,16 @@
 -- Leases due jobs of one queue to a worker.
--- ARGV: prefix, queue, now_ms, max, lease_ms, worker
--- Returns {next_due_ms or '', id, envelope, attempt, ...}, or {'paused'}.
+-- ARGV: prefix, queue, now_ms, max, lease_ms, worker slot
+-- Returns {next_due_ms or '', ids, envelopes, attempts so far}, or {'paused'}.
 local prefix, queue = ARGV[1], ARGV[2]
-local now, max, lease, worker = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local now, max, lease, slot = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local qk = prefix .. ':q:' .. queue
 
 -- 1. Leases that expired: the worker died or stalled. Bounded per call, so
 --    any backlog is worked off over several fetches, never in one reply.
-local expired = redis.call('ZRANGEBYSCORE', qk .. ':leased', '-inf', now, 'LIMIT', 0, 1000)
-for _, member in ipairs(expired) do
-  redis.call('ZREM', qk .. ':leased', member)
-  local id = lease_id(member)
+local expired = redis.call('ZRANGEBYSCORE', qk .. ':leased', '-inf', lease_score(now, SLOTS - 1),
+  'LIMIT', 0, 1000)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', qk .. ':leased', id)
   local env = redis.call('HGET', prefix .. ':jobs', id)
   if env then
     local job = cjson.decode(env)
@@ -70,25 +70,20 @@ if #ids < max then
   for i = 1, #low, 2 do ids[#ids + 1] = low[i] end
 end
 
-local out = {''}
 if #ids == 0 then
   local nxt = redis.call('ZRANGE', qk .. ':delayed', 0, 0, 'WITHSCORES')
-  if #nxt > 0 then out[1] = nxt[2] end
-  return out
+  return {nxt[2] or ''}
 end
 local envs = hmget(prefix .. ':jobs', ids)
 local atts = hmget(prefix .. ':att', ids)
 local leased = {}
-local deadline = now + lease
-local suffix = ':' .. worker
+local score = lease_score(now + lease, slot)
 for i, id in ipairs(ids) do
+  -- A job whose envelope is gone (expired) is skipped; Rust skips it too.
   if envs[i] then
-    leased[#leased + 1] = deadline
-    leased[#leased + 1] = id .. suffix
-    out[#out + 1] = id
-    out[#out + 1] = envs[i]
-    out[#out + 1] = (tonumber(atts[i]) or 0) + 1
+    leased[#leased + 1] = score
+    leased[#leased + 1] = id
   end
 end
 bulk('ZADD', qk .. ':leased', leased)
-return out
+return {'', ids, envs, atts}

@@ -1,13 +1,14 @@
 -- Hands back jobs a worker leased but never started, uncounted.
--- ARGV: prefix, queue, worker, ids...
-local prefix, queue, worker = ARGV[1], ARGV[2], ARGV[3]
+-- ARGV: prefix, queue, worker slot, ids...
+local prefix, queue, slot = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local qk = prefix .. ':q:' .. queue
 local released = 0
 -- Reverse order, so the head of the wait list keeps their original order.
 for i = #ARGV, 4, -1 do
   local id = ARGV[i]
   local env = redis.call('HGET', prefix .. ':jobs', id)
-  if env and redis.call('ZREM', qk .. ':leased', id .. ':' .. worker) == 1 then
+  if env and held_by(redis.call('ZSCORE', qk .. ':leased', id), slot) then
+    redis.call('ZREM', qk .. ':leased', id)
     requeue(prefix, qk, id, cjson.decode(env).pr)
     released = released + 1
   end
