@@ -16,7 +16,7 @@ if ! redis-cli -u "$redis_url" ping >/dev/null 2>&1; then
   bash deploy/scripts/test-services.sh
 fi
 command -v node >/dev/null || { echo "bench.sh needs Node.js (apt-get install nodejs npm)" >&2; exit 1; }
-(cd deploy/bench/bullmq && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+(cd deploy/bench/bullmq && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 cargo build --release --quiet -p orchestrator-tests -p orchestrator-worker
 bench=target/release/orchestrator-bench
 

@@ -6,6 +6,7 @@
 //   node bench.mjs --footprint 1000000
 import { fork } from 'node:child_process';
 import { Queue, Worker } from 'bullmq';
+import IORedis from 'ioredis';
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((pairs, arg, i, all) => {
@@ -42,9 +43,10 @@ async function work(count) {
   await worker.close();
 }
 
-async function redisMemory(queue) {
-  const client = await queue.client;
+async function redisMemory() {
+  const client = new IORedis(connection);
   const info = await client.info('memory');
+  await client.quit();
   return Number(/used_memory:(\d+)/.exec(info)[1]);
 }
 
@@ -56,9 +58,9 @@ async function main() {
   if (args.footprint) {
     const count = Number(args.footprint);
     const queue = new Queue(queueName, { connection });
-    const before = await redisMemory(queue);
+    const before = await redisMemory();
     await produce(count);
-    const after = await redisMemory(queue);
+    const after = await redisMemory();
     console.log(JSON.stringify({ peer: 'bullmq', pending_jobs: count, bytes_per_job: (after - before) / count }));
     await queue.obliterate({ force: true });
     await queue.close();

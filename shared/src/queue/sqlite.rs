@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, status, priority DESC, seq);
+-- Runnable jobs in fetch order: a fetch reads the first rows, never sorts.
+CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (queue, priority DESC, seq)
+    WHERE status IN ('pending', 'failed');
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, status, run_at);
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (queue, status, lease_until);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (queue, idempotency_key)
