@@ -141,9 +141,17 @@ async fn delayed_job_waits_until_due(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(api.job(&id).await["status"], "pending");
     let job = api.wait_for_status(&id, "done", WAIT).await;
-    let waited = job["updated_at_ms"].as_u64().unwrap() - job["created_at_ms"].as_u64().unwrap();
-    assert!(waited >= 1500, "ran after {waited} ms");
-    assert!(waited < 3500, "ran {waited} ms after push: too late");
+    let started_ms = job["result"]["started_us"].as_u64().unwrap() / 1000;
+    let waited = started_ms - job["created_at_ms"].as_u64().unwrap();
+    assert!(
+        waited >= 1500,
+        "started after {waited} ms, before it was due"
+    );
+    assert!(
+        waited <= 1600,
+        "started {} ms after it was due",
+        waited - 1500
+    );
 }
 
 #[tokio::test]

@@ -95,32 +95,15 @@ pub async fn update(
     Path(name): Path<String>,
     ApiJson(patch): ApiJson<QueuePatch>,
 ) -> ApiResult<Json<QueueView>> {
-    if patch
-        .max_attempts
-        .is_some_and(|n| !(1..=MAX_ATTEMPTS_LIMIT).contains(&n))
-    {
-        return Err(ApiError::invalid(format!(
-            "max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"
-        )));
-    }
-    if patch.backoff_ms.is_some_and(|ms| ms > MAX_BACKOFF_MS) {
-        return Err(ApiError::invalid(format!(
-            "backoff_ms must be at most {MAX_BACKOFF_MS}"
-        )));
-    }
-    if patch
-        .concurrency
-        .is_some_and(|n| !(1..=MAX_CONCURRENCY).contains(&n))
-    {
-        return Err(ApiError::invalid(format!(
-            "concurrency must be between 1 and {MAX_CONCURRENCY}"
-        )));
-    }
-    if patch.rate_limit_per_s.is_some_and(|n| n > MAX_RATE_LIMIT) {
-        return Err(ApiError::invalid(format!(
-            "rate_limit_per_s must be between 0 (no limit) and {MAX_RATE_LIMIT}"
-        )));
-    }
+    in_range("max_attempts", patch.max_attempts, 1..=MAX_ATTEMPTS_LIMIT)?;
+    in_range("backoff_ms", patch.backoff_ms, 0..=MAX_BACKOFF_MS)?;
+    in_range("concurrency", patch.concurrency, 1..=MAX_CONCURRENCY)?;
+    // 0 removes the limit.
+    in_range(
+        "rate_limit_per_s",
+        patch.rate_limit_per_s,
+        0..=MAX_RATE_LIMIT,
+    )?;
     let update = QueueUpdate {
         max_attempts: patch.max_attempts,
         backoff_ms: patch.backoff_ms,
@@ -166,6 +149,22 @@ async fn view(state: &AppState, settings: QueueSettings) -> ApiResult<QueueView>
         rate_limit_per_s: settings.rate_limit_per_s,
         counts,
     })
+}
+
+/// Rejects a value outside `range`, naming the field.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: Option<T>,
+    range: std::ops::RangeInclusive<T>,
+) -> ApiResult<()> {
+    match value {
+        Some(v) if !range.contains(&v) => Err(ApiError::invalid(format!(
+            "{field} must be between {} and {}",
+            range.start(),
+            range.end()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn no_queue(name: &str) -> ApiError {
