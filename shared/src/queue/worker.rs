@@ -106,7 +106,7 @@ pub async fn run(
         heartbeat_stop.clone(),
     ));
 
-    let queue = options.queue.clone();
+    let job_metrics = Arc::new(JobMetrics::new(&options.queue));
     let worker = WorkerBuilder::new(options.worker_id.as_str())
         .backend(JobSource {
             tasks: task_rx.clone(),
@@ -120,7 +120,7 @@ pub async fn run(
         .ack_with(Acknowledger { tx: ack_tx })
         .catch_panic()
         .build(service_fn(move |task: Task<LeasedJob>| {
-            run_one(handler.clone(), queue.clone(), task.args)
+            run_one(handler.clone(), job_metrics.clone(), task.args)
         }));
     let stop = shutdown.clone();
     let result = worker
@@ -162,31 +162,52 @@ pub async fn run(
     result.map_err(|e| anyhow::anyhow!("worker for queue {}: {e}", options.queue))
 }
 
-/// Runs the handler for one job and records its metrics. Errors (and panics,
-/// caught by the middleware around this) fail the attempt.
+/// The metric handles of one worker, looked up once instead of per job.
+struct JobMetrics {
+    active: metrics::Gauge,
+    duration: metrics::Histogram,
+    done: metrics::Counter,
+    failed: metrics::Counter,
+    dead: metrics::Counter,
+}
+
+impl JobMetrics {
+    fn new(queue: &str) -> Self {
+        let completed = |outcome: &'static str| metrics::counter!(m::JOBS_COMPLETED, "queue" => queue.to_string(), "outcome" => outcome);
+        Self {
+            active: metrics::gauge!(m::WORKERS_ACTIVE, "queue" => queue.to_string()),
+            duration: metrics::histogram!(m::JOB_DURATION, "queue" => queue.to_string()),
+            done: completed("done"),
+            failed: completed("failed"),
+            dead: completed("dead"),
+        }
+    }
+}
+
+/// Runs the handler for one job and records its metrics. An error or a panic
+/// fails the attempt: panics are caught here so the job records the panic
+/// message; apalis' catch-panic layer still guards the rest of the stack.
 async fn run_one(
     handler: Arc<dyn JobHandler>,
-    queue: String,
+    meters: Arc<JobMetrics>,
     job: LeasedJob,
 ) -> Result<Value, BoxDynError> {
     let started = Instant::now();
-    metrics::gauge!(m::WORKERS_ACTIVE, "queue" => queue.clone()).increment(1.0);
+    meters.active.increment(1.0);
     let result = std::panic::AssertUnwindSafe(handler.run(&job))
         .catch_unwind()
         .await;
-    metrics::gauge!(m::WORKERS_ACTIVE, "queue" => queue.clone()).decrement(1.0);
-    metrics::histogram!(m::JOB_DURATION, "queue" => queue.clone())
-        .record(started.elapsed().as_secs_f64());
+    meters.active.decrement(1.0);
+    meters.duration.record(started.elapsed().as_secs_f64());
     let result = match result {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(panic) => Err(format!("handler panicked: {}", panic_message(&panic))),
     };
-    let outcome = match &result {
-        Ok(_) => "done",
-        Err(_) if job.attempt >= job.max_attempts => "dead",
-        Err(_) => "failed",
-    };
-    metrics::counter!(m::JOBS_COMPLETED, "queue" => queue, "outcome" => outcome).increment(1);
+    match &result {
+        Ok(_) => meters.done.increment(1),
+        Err(_) if job.attempt >= job.max_attempts => meters.dead.increment(1),
+        Err(_) => meters.failed.increment(1),
+    }
     result.map_err(BoxDynError::from)
 }
 
