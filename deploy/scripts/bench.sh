@@ -24,9 +24,11 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 run() { "$@" | tee -a "$out"; }
 
-echo "# end to end: one producer, one worker process, $jobs no-op jobs"
-run $bench e2e --jobs "$jobs" --workers 1
-run node deploy/bench/bullmq/bench.mjs --jobs "$jobs" --workers 1 --redis "$redis_url"
+echo "# end to end: one producer, one worker process, $jobs no-op jobs (3 rounds, alternating)"
+for _ in 1 2 3; do
+  run $bench e2e --jobs "$jobs" --workers 1
+  run node deploy/bench/bullmq/bench.mjs --jobs "$jobs" --workers 1 --redis "$redis_url"
+done
 echo "# scale-out: 2 and 4 worker processes"
 run $bench e2e --jobs "$jobs" --workers 2
 run $bench e2e --jobs "$jobs" --workers 4
@@ -43,10 +45,13 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
 def find(**kv):
     return next(r for r in rows if all(r.get(k) == v for k, v in kv.items()))
-ours = find(bench="e2e", workers=1)["end_to_end_per_s"]
-peer = find(peer="bullmq", workers=1)["end_to_end_per_s"]
+def median(**kv):
+    values = sorted(r["end_to_end_per_s"] for r in rows if all(r.get(k) == v for k, v in kv.items()))
+    return values[len(values) // 2]
+ours = median(bench="e2e", workers=1)
+peer = median(peer="bullmq", workers=1)
 mem_ours = find(bench="footprint")["bytes_per_job"]
 mem_peer = next(r for r in rows if r.get("peer") == "bullmq" and "bytes_per_job" in r)["bytes_per_job"]
-print(f"\nend to end jobs/s: orchestrator {ours:,.0f}  bullmq {peer:,.0f}  ratio {ours / peer:.1f}x")
+print(f"\nend to end jobs/s (median of 3): orchestrator {ours:,.0f}  bullmq {peer:,.0f}  ratio {ours / peer:.1f}x")
 print(f"bytes per pending job: orchestrator {mem_ours:,.0f}  bullmq {mem_peer:,.0f}")
 PY

@@ -92,3 +92,27 @@ async fn killed_worker_jobs_run_again_after_lease() {
     let counts = api.wait_for_done("noop", 40, Duration::from_secs(30)).await;
     assert_eq!(counts["dead"], 0, "{counts}");
 }
+
+#[tokio::test]
+async fn workers_started_together_on_a_fresh_store_all_run() {
+    let setup = Setup::new(Backend::redis());
+    // No API yet: the store is brand new and every worker migrates it.
+    let mut workers: Vec<_> = (0..4)
+        .map(|_| setup.start_worker(&["--queues", "noop"]))
+        .collect();
+    let api = setup.start_api(&[]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while api.queue("noop").await["workers"] != 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every worker registered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for worker in &mut workers {
+        assert!(worker.is_running(), "a worker exited at start");
+    }
+    let id = api.push(json!({"queue": "noop"})).await;
+    api.wait_for_status(&id, "done", Duration::from_secs(10))
+        .await;
+}

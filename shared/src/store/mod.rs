@@ -58,9 +58,7 @@ impl Store {
         let db = Database::connect(options)
             .await
             .with_context(|| format!("cannot connect to the store at {}", redact_url(url)))?;
-        Migrator::up(&db, None)
-            .await
-            .context("cannot apply store migrations")?;
+        migrate(&db).await?;
         Ok(Self { db })
     }
 
@@ -85,7 +83,7 @@ impl Store {
             }
             let defaults = handler.defaults();
             let now = now_ms() as i64;
-            QueueActive {
+            let inserted = QueueActive {
                 name: Set(handler.queue().to_string()),
                 paused: Set(false),
                 max_attempts: Set(defaults.max_attempts as i32),
@@ -96,8 +94,14 @@ impl Store {
                 updated_at_ms: Set(now),
             }
             .insert(&self.db)
-            .await
-            .with_context(|| format!("cannot register queue {}", handler.queue()))?;
+            .await;
+            // Another process starting at the same moment may have won.
+            if let Err(err) = inserted
+                && self.queue(handler.queue()).await?.is_none()
+            {
+                return Err(err)
+                    .with_context(|| format!("cannot register queue {}", handler.queue()));
+            }
         }
         Ok(())
     }
@@ -140,5 +144,52 @@ impl Store {
         }
         row.updated_at_ms = Set(now_ms() as i64);
         Ok(Some(row.update(&self.db).await?))
+    }
+}
+
+/// Applies pending migrations. Processes starting together (several workers
+/// on a fresh database) race to apply the same migration; the losers see a
+/// conflict, wait, and find nothing left to do.
+async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        match Migrator::up(db, None).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < 10 => {
+                tracing::debug!("migration attempt {attempt} failed ({err}); retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err).context("cannot apply store migrations"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_migrating_a_fresh_store_together_all_succeed() {
+        // The race is timing-dependent: several fresh stores make it likely.
+        for _ in 0..10 {
+            let dir =
+                std::env::temp_dir().join(format!("orch-store-{}", uuid::Uuid::now_v7().simple()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let url = format!(
+                "sqlite://{}?mode=rwc",
+                dir.join("orchestrator.db").display()
+            );
+            let connects = (0..8).map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Store::connect_url(&url).await })
+            });
+            for connect in futures::future::join_all(connects).await {
+                connect
+                    .unwrap()
+                    .expect("every concurrent start migrates or finds it done");
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
