@@ -47,6 +47,14 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// A queue named in the path that the registry does not hold.
+    pub fn queue_not_found(name: &str) -> Self {
+        Self::not_found(
+            "queue_not_found",
+            format!("no queue named {:?}", shown(name)),
+        )
+    }
+
     /// A failure of ours (backend down, bug): logged in full, reported as
     /// 503 so clients retry, without internals in the body.
     pub fn backend(err: anyhow::Error) -> Self {
@@ -95,6 +103,22 @@ impl From<anyhow::Error> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Rejects a value outside `range`, naming the field; `None` passes.
+pub fn in_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: Option<T>,
+    range: std::ops::RangeInclusive<T>,
+) -> ApiResult<()> {
+    match value {
+        Some(v) if !range.contains(&v) => Err(ApiError::invalid(format!(
+            "{field} must be between {} and {}",
+            range.start(),
+            range.end()
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// A client-supplied name as it may appear in a message: cut to 64
 /// characters, so a hostile name cannot bloat the reply.

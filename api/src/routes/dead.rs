@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
-    error::{ApiError, ApiResult, ErrorBody, shown},
+    error::{ApiError, ApiResult, ErrorBody, in_range},
     extract::ApiJson,
     routes::jobs::parse_job_id,
     state::AppState,
@@ -57,11 +57,7 @@ pub async fn list(
     Query(query): Query<DeadQuery>,
 ) -> ApiResult<Json<DeadList>> {
     let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_LIST).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit must be between 1 and {MAX_LIST}"
-        )));
-    }
+    in_range("limit", Some(limit), 1..=MAX_LIST)?;
     require_queue(&state, &name).await?;
     let jobs = state.queue.dead_jobs(&name, limit).await?;
     Ok(Json(DeadList { jobs }))
@@ -78,11 +74,7 @@ pub async fn requeue(
     ApiJson(request): ApiJson<RequeueRequest>,
 ) -> ApiResult<Json<Requeued>> {
     let max = request.max.unwrap_or(1_000);
-    if !(1..=MAX_REQUEUE).contains(&max) {
-        return Err(ApiError::invalid(format!(
-            "max must be between 1 and {MAX_REQUEUE}"
-        )));
-    }
+    in_range("max", Some(max), 1..=MAX_REQUEUE)?;
     let ids = request.ids.unwrap_or_default();
     if ids.len() > MAX_REQUEUE {
         return Err(ApiError::invalid(format!(
@@ -136,9 +128,6 @@ pub async fn requeue_job(
 async fn require_queue(state: &AppState, name: &str) -> ApiResult<()> {
     match state.store.queue(name).await? {
         Some(_) => Ok(()),
-        None => Err(ApiError::not_found(
-            "queue_not_found",
-            format!("no queue named {:?}", shown(name)),
-        )),
+        None => Err(ApiError::queue_not_found(name)),
     }
 }

@@ -3,7 +3,6 @@
 use axum::{
     Json,
     extract::{Path, State},
-    http::StatusCode,
 };
 use orchestrator_shared::{
     queue::{MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_MS, QueueCounts},
@@ -13,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    error::{ApiError, ApiResult, ErrorBody, shown},
+    error::{ApiError, ApiResult, ErrorBody, in_range},
     extract::ApiJson,
     state::AppState,
 };
@@ -115,13 +114,13 @@ pub async fn update(
         .store
         .update_queue(&name, update)
         .await?
-        .ok_or_else(|| no_queue(&name))?;
+        .ok_or_else(|| ApiError::queue_not_found(&name))?;
     Ok(Json(view(&state, settings).await?))
 }
 
 async fn set_paused(state: AppState, name: String, paused: bool) -> ApiResult<Json<QueueView>> {
     if state.store.queue(&name).await?.is_none() {
-        return Err(no_queue(&name));
+        return Err(ApiError::queue_not_found(&name));
     }
     // The queue backend's flag is what workers obey: set it first, so the
     // registry never claims a state the workers do not have.
@@ -134,7 +133,7 @@ async fn set_paused(state: AppState, name: String, paused: bool) -> ApiResult<Js
         .store
         .update_queue(&name, update)
         .await?
-        .ok_or_else(|| no_queue(&name))?;
+        .ok_or_else(|| ApiError::queue_not_found(&name))?;
     Ok(Json(view(&state, settings).await?))
 }
 
@@ -149,29 +148,4 @@ async fn view(state: &AppState, settings: QueueSettings) -> ApiResult<QueueView>
         rate_limit_per_s: settings.rate_limit_per_s,
         counts,
     })
-}
-
-/// Rejects a value outside `range`, naming the field.
-fn in_range<T: PartialOrd + std::fmt::Display>(
-    field: &str,
-    value: Option<T>,
-    range: std::ops::RangeInclusive<T>,
-) -> ApiResult<()> {
-    match value {
-        Some(v) if !range.contains(&v) => Err(ApiError::invalid(format!(
-            "{field} must be between {} and {}",
-            range.start(),
-            range.end()
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn no_queue(name: &str) -> ApiError {
-    let shown = shown(name);
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "queue_not_found",
-        format!("no queue named {shown:?}"),
-    )
 }
