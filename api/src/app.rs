@@ -14,7 +14,7 @@ use utoipa::{
 use crate::{
     auth::{self, ApiKeys},
     error::{ErrorBody, ErrorDetail},
-    routes::{dead, health, jobs, queues},
+    routes::{dead, health, jobs, packs, queues},
     state::AppState,
 };
 
@@ -22,6 +22,8 @@ use crate::{
 pub const JOB_BODY_LIMIT: usize = 1024 * 1024;
 /// Largest body of a batch push.
 pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// Largest body of a context pack upload or re-index.
+pub const PACK_BODY_LIMIT: usize = 64 * 1024 * 1024;
 /// Largest body of any other request.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
@@ -33,6 +35,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
         jobs::push_job, jobs::push_batch, jobs::get_job,
         queues::list_queues, queues::pause, queues::resume, queues::update,
         dead::list, dead::requeue, dead::requeue_job,
+        packs::create, packs::list, packs::get_pack, packs::reindex, packs::search, packs::delete,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -69,6 +72,21 @@ pub fn router(state: AppState, keys: ApiKeys) -> Router {
         .route("/v1/queues/{name}/resume", post(queues::resume))
         .route("/v1/queues/{name}/dead", get(dead::list))
         .route("/v1/queues/{name}/dead/requeue", post(dead::requeue))
+        .route(
+            "/v1/context-packs",
+            post(packs::create)
+                .get(packs::list)
+                .layer(DefaultBodyLimit::max(PACK_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/context-packs/{id}",
+            get(packs::get_pack).delete(packs::delete),
+        )
+        .route(
+            "/v1/context-packs/{id}/reindex",
+            post(packs::reindex).layer(DefaultBodyLimit::max(PACK_BODY_LIMIT)),
+        )
+        .route("/v1/context-packs/{id}/search", post(packs::search))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .layer(middleware::from_fn_with_state(keys, auth::require_key));
     Router::new()

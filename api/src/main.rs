@@ -15,7 +15,6 @@ use clap::Parser;
 use orchestrator_shared::{
     bootstrap,
     config::{CommonConfig, parse_socket_addr},
-    jobs,
     queue::fleet,
     shutdown, telemetry,
 };
@@ -44,6 +43,11 @@ struct Cli {
     /// Allow listening on a non-loopback address without API keys.
     #[arg(long)]
     insecure_no_auth: bool,
+
+    /// Directories the server may index from its own disk, comma-separated
+    /// (none by default: packs are then built from uploaded documents only).
+    #[arg(long, env = "ORCH_INDEX_ROOTS", value_delimiter = ',')]
+    index_roots: Vec<std::path::PathBuf>,
 
     /// In embedded mode, run no in-process workers (jobs wait for
     /// orchestrator-worker processes).
@@ -84,8 +88,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     );
 
-    let (store, backend) = bootstrap::open(&cli.common).await?;
-    let handlers = jobs::builtin();
+    let services = bootstrap::open(&cli.common).await?;
+    let (store, backend, handlers) = (services.store, services.queue, services.handlers);
     // The registry is the source of truth for paused flags; a fresh Redis
     // must learn them again.
     for settings in store.queues().await? {
@@ -109,7 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
-    let state = AppState::new(store, backend, handlers);
+    let state = AppState::new(store, backend, handlers, services.memory, cli.index_roots);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

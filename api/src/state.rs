@@ -1,8 +1,8 @@
 //! What every handler shares.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
-use orchestrator_shared::{jobs::JobHandler, queue::QueueBackend, store::Store};
+use orchestrator_shared::{jobs::JobHandler, memory::Memory, queue::QueueBackend, store::Store};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -10,6 +10,9 @@ pub struct AppState {
     pub queue: Arc<dyn QueueBackend>,
     /// Handlers of the queues jobs may be pushed to, by queue name.
     pub handlers: Arc<HashMap<&'static str, Arc<dyn JobHandler>>>,
+    pub memory: Arc<Memory>,
+    /// Directories context packs may be read from (ORCH_INDEX_ROOTS).
+    pub index_roots: Arc<Vec<PathBuf>>,
 }
 
 impl AppState {
@@ -17,11 +20,15 @@ impl AppState {
         store: Store,
         queue: Arc<dyn QueueBackend>,
         handlers: Vec<Arc<dyn JobHandler>>,
+        memory: Arc<Memory>,
+        index_roots: Vec<PathBuf>,
     ) -> Self {
         Self {
             store,
             queue,
             handlers: Arc::new(handlers.into_iter().map(|h| (h.queue(), h)).collect()),
+            memory,
+            index_roots: Arc::new(index_roots),
         }
     }
 }

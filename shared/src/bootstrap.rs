@@ -8,16 +8,37 @@ use anyhow::Context;
 use crate::{
     config::CommonConfig,
     jobs::{self, JobHandler},
+    memory::{Memory, packs::PackStore},
     queue::{self, QueueBackend, fleet::Assignment},
     store::Store,
 };
 
+/// What a serving process works with.
+pub struct Services {
+    pub store: Store,
+    pub queue: Arc<dyn QueueBackend>,
+    pub memory: Arc<Memory>,
+    /// Every built-in queue's handler.
+    pub handlers: Vec<Arc<dyn JobHandler>>,
+}
+
 /// Opens the store and the queue backend, registering the built-in queues.
-pub async fn open(config: &CommonConfig) -> anyhow::Result<(Store, Arc<dyn QueueBackend>)> {
+/// Memory (model, vectors) opens lazily on first use.
+pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
     let store = Store::connect(config).await?;
-    store.seed_queues(&jobs::builtin()).await?;
-    let backend = queue::connect(config).await?;
-    Ok((store, backend))
+    let memory = Arc::new(Memory::new(
+        config,
+        PackStore::new(store.connection().clone()),
+    ));
+    let handlers = jobs::builtin(&memory);
+    store.seed_queues(&handlers).await?;
+    let queue = queue::connect(config).await?;
+    Ok(Services {
+        store,
+        queue,
+        memory,
+        handlers,
+    })
 }
 
 /// One worker plan per handler, with the queue's registry settings;

@@ -36,6 +36,19 @@ pub struct CommonConfig {
     /// may take it over (heartbeats extend it while the job runs).
     #[arg(long, env = "ORCH_LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: u64,
+
+    /// Qdrant URL (gRPC, e.g. http://127.0.0.1:6334). Set: vectors live in
+    /// Qdrant; unset: the embedded vector store in the data directory.
+    #[arg(long, env = "QDRANT_URL")]
+    pub qdrant_url: Option<String>,
+
+    /// Qdrant collection holding the context chunks.
+    #[arg(
+        long,
+        env = "ORCH_QDRANT_COLLECTION",
+        default_value = "orchestrator_chunks"
+    )]
+    pub qdrant_collection: String,
 }
 
 /// A configuration value that failed validation, named after its variable.
@@ -73,6 +86,26 @@ impl CommonConfig {
         if !valid_prefix(&self.redis_prefix) {
             return Err(ConfigError::new(
                 "ORCH_REDIS_PREFIX",
+                "use 1 to 64 characters from [A-Za-z0-9_.-]",
+            ));
+        }
+        if let Some(url) = &self.qdrant_url {
+            let parsed = Url::parse(url).map_err(|e| {
+                ConfigError::new(
+                    "QDRANT_URL",
+                    format!("invalid URL {:?}: {e}", redact_url(url)),
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(ConfigError::new(
+                    "QDRANT_URL",
+                    "use http://host:6334 (gRPC)",
+                ));
+            }
+        }
+        if !valid_prefix(&self.qdrant_collection) {
+            return Err(ConfigError::new(
+                "ORCH_QDRANT_COLLECTION",
                 "use 1 to 64 characters from [A-Za-z0-9_.-]",
             ));
         }
@@ -148,6 +181,19 @@ impl fmt::Display for CommonConfig {
             )?,
         }
         writeln!(f, "  store:       {}", redact_url(&self.database_url()))?;
+        match &self.qdrant_url {
+            Some(url) => writeln!(
+                f,
+                "  vectors:     qdrant {} (collection {})",
+                redact_url(url),
+                self.qdrant_collection
+            )?,
+            None => writeln!(
+                f,
+                "  vectors:     embedded {}",
+                self.data_dir.join("vectors.db").display()
+            )?,
+        }
         write!(f, "  lease:       {} ms", self.lease_ms)
     }
 }

@@ -10,9 +10,11 @@
 pub mod bootstrap;
 pub mod config;
 pub mod jobs;
+pub mod memory;
 pub mod metrics;
 pub mod queue;
 pub mod shutdown;
+mod sqlite_file;
 pub mod store;
 pub mod telemetry;
 

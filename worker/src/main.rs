@@ -52,16 +52,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .as_deref()
         .map(|raw| parse_socket_addr("ORCH_METRICS_ADDR", raw))
         .transpose()?;
-    let mut assignments = Vec::new();
     for name in &cli.queues {
-        let Some(handler) = jobs::handler_for(name) else {
-            let known: Vec<&str> = jobs::builtin().iter().map(|h| h.queue()).collect();
+        if !jobs::QUEUES.contains(&name.as_str()) {
             bail!(
                 "--queues: unknown queue {name:?} (this worker serves: {})",
-                known.join(", ")
+                jobs::QUEUES.join(", ")
             );
-        };
-        assignments.push(handler);
+        }
     }
     metrics::install();
     tracing::info!(
@@ -70,7 +67,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.common
     );
 
-    let (store, backend) = bootstrap::open(&cli.common).await?;
+    let services = bootstrap::open(&cli.common).await?;
+    let (store, backend) = (services.store, services.queue);
+    let assignments: Vec<_> = services
+        .handlers
+        .into_iter()
+        .filter(|h| cli.queues.iter().any(|q| q == h.queue()))
+        .collect();
 
     let shutdown_token = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown_token.clone());

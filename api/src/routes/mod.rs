@@ -3,4 +3,5 @@
 pub mod dead;
 pub mod health;
 pub mod jobs;
+pub mod packs;
 pub mod queues;

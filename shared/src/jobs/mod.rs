@@ -1,6 +1,7 @@
 //! Job handlers: one module per built-in queue, each implementing
 //! [`JobHandler`]. Registering a queue is one line in [`builtin`].
 
+mod embed;
 mod noop;
 
 use std::sync::Arc;
@@ -8,9 +9,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub use embed::{EMBED_QUEUE, Embed};
 pub use noop::Noop;
 
-use crate::queue::LeasedJob;
+use crate::{memory::Memory, queue::LeasedJob};
 
 /// Why one attempt failed; the message is stored on the job.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +45,10 @@ pub trait JobHandler: Send + Sync + 'static {
     async fn run(&self, job: &LeasedJob) -> Result<Value, JobError>;
 }
 
-/// Every built-in queue's handler.
-pub fn builtin() -> Vec<Arc<dyn JobHandler>> {
-    vec![Arc::new(Noop)]
-}
+/// Names of the built-in queues, for validating flags before anything opens.
+pub const QUEUES: [&str; 2] = ["noop", EMBED_QUEUE];
 
-/// The handler of a built-in queue, if `queue` is one.
-pub fn handler_for(queue: &str) -> Option<Arc<dyn JobHandler>> {
-    builtin().into_iter().find(|h| h.queue() == queue)
+/// Every built-in queue's handler.
+pub fn builtin(memory: &Arc<Memory>) -> Vec<Arc<dyn JobHandler>> {
+    vec![Arc::new(Noop), Arc::new(Embed::new(memory.clone()))]
 }

@@ -7,17 +7,13 @@
 use std::{
     collections::HashMap,
     path::Path,
-    str::FromStr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::Context;
 use async_trait::async_trait;
-use sqlx::{
-    Row, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::Notify;
 
 use super::{
@@ -80,23 +76,9 @@ pub struct SqliteBackend {
 impl SqliteBackend {
     /// Opens (creating if needed) the queue file at `path`.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
         // One connection: writers never contend, and a fetch cannot
         // interleave with an acknowledgement.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("cannot open queue database {}", path.display()))?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        let pool = crate::sqlite_file::open(path, 1, SCHEMA, "queue database").await?;
         Ok(Self {
             pool,
             wakers: Mutex::default(),

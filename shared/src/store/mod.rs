@@ -2,6 +2,8 @@
 //! `DATABASE_URL` says so. Migrations run on connect. This module owns the
 //! queue registry; jobs themselves live in the queue backend.
 
+pub mod pack_entity;
+pub mod pack_file_entity;
 pub mod queue_entity;
 
 use std::time::Duration;

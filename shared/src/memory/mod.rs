@@ -1,0 +1,12 @@
+//! Memory: embeddings ([`embedding`]), the vector store ([`vector`]),
+//! context packs ([`packs`]) chunked by [`chunking`], and the memory
+//! [`manager`] that feeds retrieved context to workflow tasks.
+
+pub mod chunking;
+pub mod embedding;
+pub mod manager;
+pub mod packs;
+mod service;
+pub mod vector;
+
+pub use service::{DIMENSION, Memory};
