@@ -7,6 +7,11 @@
 //! `postgres://postgres:postgres@127.0.0.1:5432/postgres`);
 //! `deploy/scripts/test.sh` installs and starts them. A test that needs a
 //! service fails when it is missing; nothing is skipped.
+//!
+//! Model weights come from `ORCH_TEST_MODELS_DIR` (default: the
+//! workspace's `models/`, filled by `deploy/scripts/fetch-models.sh`).
+//! With `QDRANT_URL` set, every memory test runs against that Qdrant (a
+//! fresh collection per test) instead of the embedded vector store.
 
 use std::{
     net::TcpListener,
@@ -49,6 +54,26 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The directory holding the model weights; fails loudly when the
+/// embedding model is not there.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("ORCH_TEST_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    let weights = dir.join("all-minilm-l6-v2/model.safetensors");
+    assert!(
+        weights.is_file(),
+        "{} is missing: run deploy/scripts/fetch-models.sh",
+        weights.display()
+    );
+    dir
+}
+
+/// The Qdrant the memory tests use, when one is configured.
+pub fn qdrant_url() -> Option<String> {
+    std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty())
 }
 
 pub fn redis_url() -> String {
@@ -125,6 +150,8 @@ pub struct Setup {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub extra_env: Vec<(String, String)>,
+    /// A collection of its own when the tests run against Qdrant.
+    pub qdrant_collection: String,
 }
 
 impl Setup {
@@ -136,6 +163,7 @@ impl Setup {
             data_dir,
             database_url: None,
             extra_env: Vec::new(),
+            qdrant_collection: format!("test_{}", uuid::Uuid::now_v7().simple()),
         }
     }
 
@@ -153,6 +181,7 @@ impl Setup {
             }
         }
         cmd.env("ORCH_DATA_DIR", &self.data_dir)
+            .env("ORCH_MODELS_DIR", models_dir())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
         if let Backend::Redis { url, prefix } = &self.backend {
@@ -161,6 +190,10 @@ impl Setup {
         }
         if let Some(url) = &self.database_url {
             cmd.env("DATABASE_URL", url);
+        }
+        if let Some(url) = qdrant_url() {
+            cmd.env("QDRANT_URL", url)
+                .env("ORCH_QDRANT_COLLECTION", &self.qdrant_collection);
         }
         for (key, value) in &self.extra_env {
             cmd.env(key, value);
@@ -349,6 +382,14 @@ impl Api {
             .await
             .expect("PATCH");
         decode(response).await
+    }
+
+    pub async fn delete(&self, path: &str) -> StatusCode {
+        self.authed(self.http.delete(self.url(path)))
+            .send()
+            .await
+            .expect("DELETE")
+            .status()
     }
 
     /// Sends a raw body with a JSON content type.

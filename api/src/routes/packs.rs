@@ -135,18 +135,16 @@ fn documents(input: Vec<DocumentIn>) -> ApiResult<Vec<Document>> {
             packs::MAX_FILES
         )));
     }
-    input
+    let docs: Vec<Document> = input
         .into_iter()
-        .map(|d| {
-            let doc = Document {
-                kind: d.kind.unwrap_or_else(|| DocKind::from_path(&d.source)),
-                source: d.source,
-                text: d.text,
-            };
-            packs::check_document(&doc)?;
-            Ok(doc)
+        .map(|d| Document {
+            kind: d.kind.unwrap_or_else(|| DocKind::from_path(&d.source)),
+            source: d.source,
+            text: d.text,
         })
-        .collect()
+        .collect();
+    packs::check_documents(&docs)?;
+    Ok(docs)
 }
 
 /// Reads a server directory off the async runtime.

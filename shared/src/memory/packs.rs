@@ -132,6 +132,22 @@ pub fn check_document(doc: &Document) -> Result<(), PackError> {
     Ok(())
 }
 
+/// Checks every document and that no source appears twice, so a bad
+/// upload is refused before anything is stored.
+pub fn check_documents(docs: &[Document]) -> Result<(), PackError> {
+    let mut seen = std::collections::HashSet::new();
+    for doc in docs {
+        check_document(doc)?;
+        if !seen.insert(doc.source.as_str()) {
+            return Err(PackError::Invalid(format!(
+                "source {:?} appears twice",
+                doc.source
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn looks_binary(bytes: &[u8]) -> bool {
     bytes[..bytes.len().min(8192)].contains(&0)
 }
