@@ -175,14 +175,12 @@ fn search(n: usize, queries: usize, dimension: usize, out: &Path) -> anyhow::Res
     let mut index = Index::new(dimension);
     let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
     let building = Instant::now();
-    for (id, v) in ids.iter().zip(&base) {
-        // Insert below the HNSW threshold's trigger, then build once, as a
-        // load from disk does.
-        index.insert(*id, v, "bench", "bench", "text")?;
-    }
-    if !index.has_ann() {
-        index.build_ann()?;
-    }
+    // The way a store loads from disk: everything in, then one graph build.
+    index.insert_many(
+        ids.iter()
+            .zip(&base)
+            .map(|(id, v)| (*id, v.as_slice(), "bench", "bench", "text")),
+    )?;
     let build_s = building.elapsed().as_secs_f64();
     let position: std::collections::HashMap<uuid::Uuid, u32> = ids
         .iter()

@@ -103,17 +103,24 @@ impl EmbeddedStore {
             for id in removed {
                 state.index.remove(&parse_id(&id)?)?;
             }
-            for row in rows {
-                let id: String = row.get("id");
-                let vector = decode_vector(row.get::<&[u8], _>("vector"));
-                state.index.insert(
-                    parse_id(&id)?,
-                    &vector,
-                    row.get("pack"),
-                    row.get("source"),
-                    row.get("kind"),
-                )?;
-            }
+            let decoded = rows
+                .iter()
+                .map(|row| {
+                    let id: String = row.get("id");
+                    Ok((parse_id(&id)?, decode_vector(row.get::<&[u8], _>("vector"))))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            state
+                .index
+                .insert_many(decoded.iter().zip(&rows).map(|((id, vector), row)| {
+                    (
+                        *id,
+                        vector.as_slice(),
+                        row.get::<&str, _>("pack"),
+                        row.get::<&str, _>("source"),
+                        row.get::<&str, _>("kind"),
+                    )
+                }))?;
             state.seq = current;
             Ok(())
         })

@@ -13,10 +13,15 @@ use super::{Filter, SearchMode, simd};
 /// Below this many candidates an exact scan answers in about a millisecond,
 /// so the graph would only cost memory and build time.
 pub const ANN_MIN_POINTS: usize = 50_000;
-/// HNSW parameters: recall@10 above 0.95 on MiniLM vectors (see the bench).
+/// HNSW parameters, the same as the faiss peer in the bench. The graph
+/// keeps its own copy of each vector in f16: half the memory traffic per
+/// hop made search 2.3x and the build 2.2x faster than f32, for a recall@10
+/// of 0.994 instead of 0.996 at expansion 32 (100,000 vectors); at the
+/// default 64 it is 0.999.
+/// Exact search still reads the f32 buffer.
 const CONNECTIVITY: usize = 32;
 const EXPANSION_ADD: usize = 128;
-const EXPANSION_SEARCH: usize = 96;
+const EXPANSION_SEARCH: usize = 64;
 /// Slots scanned per rayon task in the exact scan.
 const SCAN_BLOCK: usize = 4096;
 
@@ -94,6 +99,8 @@ pub struct Index {
     symbols: Symbols,
     live: usize,
     ann: Option<usearch::Index>,
+    /// Set while [`Index::insert_many`] runs: the graph is built at the end.
+    deferring_ann: bool,
 }
 
 impl Index {
@@ -108,6 +115,7 @@ impl Index {
             symbols: Symbols::default(),
             live: 0,
             ann: None,
+            deferring_ann: false,
         }
     }
 
@@ -129,6 +137,28 @@ impl Index {
         if let Some(ann) = &self.ann {
             ann.change_expansion_search(expansion);
         }
+    }
+
+    /// Inserts many points, then builds the HNSW graph once, in parallel,
+    /// if the index is big enough: much faster than growing the graph one
+    /// point at a time (loading a store from disk goes this way).
+    pub fn insert_many<'a>(
+        &mut self,
+        points: impl IntoIterator<Item = (uuid::Uuid, &'a [f32], &'a str, &'a str, &'a str)>,
+    ) -> anyhow::Result<()> {
+        let ann = self.ann.take();
+        self.deferring_ann = true;
+        let inserted = points
+            .into_iter()
+            .try_for_each(|(id, vector, pack, source, kind)| {
+                self.insert(id, vector, pack, source, kind)
+            });
+        self.deferring_ann = false;
+        inserted?;
+        if ann.is_some() || self.live >= ANN_MIN_POINTS {
+            self.build_ann()?;
+        }
+        Ok(())
     }
 
     /// Inserts or replaces a point.
@@ -171,7 +201,7 @@ impl Index {
         if let Some(ann) = &self.ann {
             reserve_for_one_more(ann)?;
             ann.add(slot as u64, vector)?;
-        } else if self.live >= ANN_MIN_POINTS {
+        } else if self.live >= ANN_MIN_POINTS && !self.deferring_ann {
             self.build_ann()?;
         }
         Ok(())
@@ -195,7 +225,7 @@ impl Index {
         let options = IndexOptions {
             dimensions: self.dimension,
             metric: MetricKind::IP,
-            quantization: ScalarKind::F32,
+            quantization: ScalarKind::F16,
             connectivity: CONNECTIVITY,
             expansion_add: EXPANSION_ADD,
             expansion_search: EXPANSION_SEARCH,
@@ -426,6 +456,28 @@ mod tests {
             .insert(uuid::Uuid::now_v7(), &unit(3, 8), "p", "a", "text")
             .unwrap();
         assert_eq!(index.entries.len(), 1, "the freed slot was reused");
+    }
+
+    #[test]
+    fn bulk_inserts_build_the_graph_once_past_the_threshold() {
+        let mut index = Index::new(8);
+        let vectors: Vec<(uuid::Uuid, Vec<f32>)> = (0..ANN_MIN_POINTS as u64 + 10)
+            .map(|i| (uuid::Uuid::now_v7(), unit(i, 8)))
+            .collect();
+        index
+            .insert_many(
+                vectors
+                    .iter()
+                    .map(|(id, v)| (*id, v.as_slice(), "p", "s", "text")),
+            )
+            .unwrap();
+        assert!(index.has_ann());
+        assert_eq!(index.len(), ANN_MIN_POINTS + 10);
+        let (id, probe) = &vectors[123];
+        let hits = index
+            .search(probe, 1, &Filter::default(), SearchMode::Auto)
+            .unwrap();
+        assert_eq!(hits[0].0, *id, "the graph finds a stored point");
     }
 
     #[test]
