@@ -32,6 +32,15 @@ impl DocKind {
         }
     }
 
+    /// The kind a stored name (see [`DocKind::as_str`]) stands for.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "markdown" => DocKind::Markdown,
+            "code" => DocKind::Code,
+            _ => DocKind::Text,
+        }
+    }
+
     /// Guesses the kind from a file name's extension.
     pub fn from_path(path: &str) -> Self {
         let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());

@@ -25,6 +25,8 @@ const BATCH: usize = 32;
 pub struct Embedder {
     model: BertModel,
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation or padding, for counting.
+    counter: Tokenizer,
     dimension: usize,
 }
 
@@ -68,8 +70,13 @@ impl Embedder {
             &std::fs::read(dir.join("config.json")).context("reading the model's config.json")?,
         )
         .context("parsing the model's config.json")?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+        let mut counter = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("loading tokenizer.json: {e}"))?;
+        counter
+            .with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("configuring truncation: {e}"))?;
+        counter.with_padding(None);
+        let mut tokenizer = counter.clone();
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS,
@@ -88,6 +95,7 @@ impl Embedder {
         Ok(Self {
             model,
             tokenizer,
+            counter,
             dimension: config.hidden_size,
         })
     }
@@ -99,9 +107,9 @@ impl Embedder {
     /// Token count of `text` as the model sees it (special tokens included,
     /// before truncation); used to fit context into a token budget.
     pub fn count_tokens(&self, text: &str) -> usize {
-        self.tokenizer
+        self.counter
             .encode_fast(text, true)
-            .map(|e| e.get_overflowing().iter().map(|o| o.len()).sum::<usize>() + e.len())
+            .map(|e| e.len())
             .unwrap_or(text.len() / 4)
     }
 

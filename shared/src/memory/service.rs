@@ -114,12 +114,7 @@ impl Memory {
         kind: &str,
         text: &str,
     ) -> anyhow::Result<usize> {
-        let doc_kind = match kind {
-            "markdown" => DocKind::Markdown,
-            "code" => DocKind::Code,
-            _ => DocKind::Text,
-        };
-        let chunks = chunking::chunk(text, doc_kind);
+        let chunks = chunking::chunk(text, DocKind::from_name(kind));
         let inputs: Vec<String> = chunks
             .iter()
             .map(|c| match &c.title {

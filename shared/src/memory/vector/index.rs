@@ -58,6 +58,10 @@ struct ResolvedFilter {
 }
 
 impl ResolvedFilter {
+    fn is_unfiltered(&self) -> bool {
+        self.packs.is_none() && self.source.is_none() && self.kind.is_none()
+    }
+
     fn matches(&self, entry: &Entry) -> bool {
         self.packs.as_ref().is_none_or(|p| p.contains(&entry.pack))
             && self.source.is_none_or(|s| s == Some(entry.source))
@@ -278,7 +282,7 @@ impl Index {
     }
 
     fn candidates(&self, filter: &ResolvedFilter) -> usize {
-        if filter.packs.is_none() && filter.source.is_none() && filter.kind.is_none() {
+        if filter.is_unfiltered() {
             return self.live;
         }
         self.entries
@@ -341,8 +345,7 @@ impl Index {
         k: usize,
         filter: &ResolvedFilter,
     ) -> anyhow::Result<Vec<Scored>> {
-        let unfiltered = filter.packs.is_none() && filter.source.is_none() && filter.kind.is_none();
-        let matches = if unfiltered {
+        let matches = if filter.is_unfiltered() {
             ann.search(query, k)?
         } else {
             ann.filtered_search(query, k, |slot| {

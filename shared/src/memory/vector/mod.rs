@@ -58,14 +58,6 @@ impl Filter {
             ..Default::default()
         }
     }
-
-    pub fn matches(&self, payload: &ChunkPayload) -> bool {
-        self.packs
-            .as_ref()
-            .is_none_or(|packs| packs.contains(&payload.pack))
-            && self.source.as_ref().is_none_or(|s| *s == payload.source)
-            && self.kind.as_ref().is_none_or(|k| *k == payload.kind)
-    }
 }
 
 /// How to search: `Auto` lets the store pick (exact while that is fast,
