@@ -14,7 +14,7 @@ use utoipa::{
 use crate::{
     auth::{self, ApiKeys},
     error::{ErrorBody, ErrorDetail},
-    routes::{dead, health, jobs, packs, queues},
+    routes::{chat, dead, health, jobs, models, packs, queues, workflows},
     state::AppState,
 };
 
@@ -24,6 +24,8 @@ pub const JOB_BODY_LIMIT: usize = 1024 * 1024;
 pub const BATCH_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// Largest body of a context pack upload or re-index.
 pub const PACK_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// Largest body of an OpenAI chat completions request.
+pub const CHAT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// Largest body of any other request.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
@@ -36,6 +38,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
         queues::list_queues, queues::pause, queues::resume, queues::update,
         dead::list, dead::requeue, dead::requeue_job,
         packs::create, packs::list, packs::get_pack, packs::reindex, packs::search, packs::delete,
+        workflows::create, workflows::get_workflow, models::list,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -87,9 +90,26 @@ pub fn router(state: AppState, keys: ApiKeys) -> Router {
             post(packs::reindex).layer(DefaultBodyLimit::max(PACK_BODY_LIMIT)),
         )
         .route("/v1/context-packs/{id}/search", post(packs::search))
+        .route("/v1/workflows", post(workflows::create))
+        .route("/v1/workflows/{id}", get(workflows::get_workflow))
+        .route("/v1/models", get(models::list))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .layer(middleware::from_fn_with_state(
+            keys.clone(),
+            auth::require_key,
+        ));
+    // OpenAI-compatible routes and the websocket sit outside /api (their
+    // paths are fixed by the protocols) behind the same keys.
+    let open_ai = Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(chat::complete).layer(DefaultBodyLimit::max(CHAT_BODY_LIMIT)),
+        )
+        .route("/v1/models", get(models::list_openai))
+        .route("/ws/workflows/{id}", get(workflows::watch))
         .layer(middleware::from_fn_with_state(keys, auth::require_key));
     Router::new()
+        .merge(open_ai)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))

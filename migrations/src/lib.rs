@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_queues;
 mod m20261124_000002_create_context_packs;
+mod m20261124_000003_create_workflows;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_create_queues::Migration),
             Box::new(m20261124_000002_create_context_packs::Migration),
+            Box::new(m20261124_000003_create_workflows::Migration),
         ]
     }
 }

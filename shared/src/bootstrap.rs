@@ -1,7 +1,7 @@
 //! Start-up steps every serving process shares: open the store (migrating
 //! it) and the queue backend, and turn registry settings into worker plans.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 
@@ -9,8 +9,10 @@ use crate::{
     config::CommonConfig,
     jobs::{self, JobHandler},
     memory::{Memory, packs::PackStore},
+    models::{Models, Registry},
     queue::{self, QueueBackend, fleet::Assignment},
     store::Store,
+    workflow::{Workflows, decomposer::Patterns, events::Events},
 };
 
 /// What a serving process works with.
@@ -18,25 +20,49 @@ pub struct Services {
     pub store: Store,
     pub queue: Arc<dyn QueueBackend>,
     pub memory: Arc<Memory>,
+    pub workflows: Arc<Workflows>,
     /// Every built-in queue's handler.
     pub handlers: Vec<Arc<dyn JobHandler>>,
 }
 
-/// Opens the store and the queue backend, registering the built-in queues.
-/// Memory (model, vectors) opens lazily on first use.
+/// Opens the store and the queue backend, registering the built-in queues,
+/// and reads the model registry and workflow patterns. Models (language and
+/// embedding) load lazily on first use.
 pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
+    let registry = Registry::load_or_create(&config.models_config_path())?;
+    let patterns = Patterns::load(config.workflow_patterns.as_deref())?;
     let store = Store::connect(config).await?;
     let memory = Arc::new(Memory::new(
         config,
         PackStore::new(store.connection().clone()),
     ));
-    let handlers = jobs::builtin(&memory);
+    let workflows_slot = Arc::new(OnceLock::new());
+    let handlers = jobs::builtin(&memory, &workflows_slot);
     store.seed_queues(&handlers).await?;
     let queue = queue::connect(config).await?;
+    let events = match &config.redis_url {
+        Some(url) => Events::redis(url, &config.redis_prefix).await?,
+        None => Events::in_process(),
+    };
+    let models = Arc::new(Models::new(
+        registry,
+        config.models_dir.clone(),
+        store.connection().clone(),
+    ));
+    let workflows = Arc::new(Workflows::new(
+        store.connection().clone(),
+        models,
+        memory.clone(),
+        patterns,
+        queue.clone(),
+        Arc::new(events),
+    ));
+    let _ = workflows_slot.set(workflows.clone());
     Ok(Services {
         store,
         queue,
         memory,
+        workflows,
         handlers,
     })
 }

@@ -49,6 +49,16 @@ pub struct CommonConfig {
         default_value = "orchestrator_chunks"
     )]
     pub qdrant_collection: String,
+
+    /// The model registry file. Default: $ORCH_DATA_DIR/models.toml, written
+    /// from the shipped config/models.toml on first start.
+    #[arg(long, env = "ORCH_MODELS_CONFIG")]
+    pub models_config: Option<PathBuf>,
+
+    /// Workflow decomposition patterns (TOML). Default: the shipped
+    /// config/workflow_patterns.toml.
+    #[arg(long, env = "ORCH_WORKFLOW_PATTERNS")]
+    pub workflow_patterns: Option<PathBuf>,
 }
 
 /// A configuration value that failed validation, named after its variable.
@@ -157,6 +167,10 @@ impl CommonConfig {
         self.data_dir.join("queue.db")
     }
 
+    pub fn models_config_path(&self) -> PathBuf {
+        crate::models::registry::registry_path(self.models_config.as_deref(), &self.data_dir)
+    }
+
     pub fn is_embedded(&self) -> bool {
         self.redis_url.is_none()
     }
@@ -194,6 +208,7 @@ impl fmt::Display for CommonConfig {
                 self.data_dir.join("vectors.db").display()
             )?,
         }
+        writeln!(f, "  models:      {}", self.models_config_path().display())?;
         write!(f, "  lease:       {} ms", self.lease_ms)
     }
 }

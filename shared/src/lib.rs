@@ -10,13 +10,16 @@
 pub mod bootstrap;
 pub mod config;
 pub mod jobs;
+pub mod llm;
 pub mod memory;
 pub mod metrics;
+pub mod models;
 pub mod queue;
 pub mod shutdown;
 mod sqlite_file;
 pub mod store;
 pub mod telemetry;
+pub mod workflow;
 
 /// Milliseconds since the Unix epoch, the time unit of every timestamp the
 /// queues store.

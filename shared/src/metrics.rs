@@ -10,6 +10,7 @@ pub const JOBS_COMPLETED: &str = "orchestrator_jobs_completed_total";
 pub const JOB_DURATION: &str = "orchestrator_job_duration_seconds";
 pub const QUEUE_DEPTH: &str = "orchestrator_queue_depth";
 pub const WORKERS_ACTIVE: &str = "orchestrator_workers_active";
+pub const LLM_TOKENS: &str = "orchestrator_llm_tokens_total";
 
 /// Histogram buckets for job durations: from a no-op (microseconds) to a long
 /// model call (minutes).
@@ -36,6 +37,10 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    metrics::describe_counter!(
+        LLM_TOKENS,
+        "Tokens through language models, by model and direction (input, output)."
+    );
     metrics::describe_counter!(JOBS_ENQUEUED, "Jobs accepted into a queue.");
     metrics::describe_counter!(
         JOBS_COMPLETED,

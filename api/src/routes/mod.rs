@@ -1,7 +1,10 @@
 //! HTTP handlers, one module per resource.
 
+pub mod chat;
 pub mod dead;
 pub mod health;
 pub mod jobs;
+pub mod models;
 pub mod packs;
 pub mod queues;
+pub mod workflows;

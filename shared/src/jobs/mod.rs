@@ -2,17 +2,23 @@
 //! [`JobHandler`]. Registering a queue is one line in [`builtin`].
 
 mod embed;
+mod inference;
 mod noop;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use serde_json::Value;
 
 pub use embed::{EMBED_QUEUE, Embed};
+pub use inference::Inference;
 pub use noop::Noop;
 
-use crate::{memory::Memory, queue::LeasedJob};
+use crate::{
+    memory::Memory,
+    queue::LeasedJob,
+    workflow::{INFERENCE_QUEUE, Workflows},
+};
 
 /// Why one attempt failed; the message is stored on the job.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +52,16 @@ pub trait JobHandler: Send + Sync + 'static {
 }
 
 /// Names of the built-in queues, for validating flags before anything opens.
-pub const QUEUES: [&str; 2] = ["noop", EMBED_QUEUE];
+pub const QUEUES: [&str; 3] = ["noop", EMBED_QUEUE, INFERENCE_QUEUE];
 
 /// Every built-in queue's handler.
-pub fn builtin(memory: &Arc<Memory>) -> Vec<Arc<dyn JobHandler>> {
-    vec![Arc::new(Noop), Arc::new(Embed::new(memory.clone()))]
+pub fn builtin(
+    memory: &Arc<Memory>,
+    workflows: &Arc<OnceLock<Arc<Workflows>>>,
+) -> Vec<Arc<dyn JobHandler>> {
+    vec![
+        Arc::new(Noop),
+        Arc::new(Embed::new(memory.clone())),
+        Arc::new(Inference::new(workflows.clone())),
+    ]
 }

@@ -2,9 +2,12 @@
 //! `DATABASE_URL` says so. Migrations run on connect. This module owns the
 //! queue registry; jobs themselves live in the queue backend.
 
+pub mod model_history_entity;
 pub mod pack_entity;
 pub mod pack_file_entity;
 pub mod queue_entity;
+pub mod workflow_entity;
+pub mod workflow_task_entity;
 
 use std::time::Duration;
 

@@ -1,0 +1,155 @@
+//! LLM workflows: create, read, and watch live over a websocket.
+
+use axum::{
+    Json,
+    extract::{
+        Path, State,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
+    http::StatusCode,
+    response::Response,
+};
+use orchestrator_shared::workflow::{
+    CreateError, Created, WorkflowRequest, WorkflowView, events::Event,
+};
+use serde_json::Value;
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+
+use crate::{
+    error::{ApiError, ApiResult, ErrorBody, shown},
+    extract::ApiJson,
+    state::AppState,
+};
+
+fn check_id(id: &str) -> ApiResult<()> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| ApiError::invalid(format!("workflow id {:?} is not a UUID", shown(id))))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("workflow_not_found", format!("no workflow {}", shown(id)))
+}
+
+/// Decompose a request into tasks and start running them.
+#[utoipa::path(
+    post, path = "/api/v1/workflows", tag = "workflows",
+    request_body = WorkflowRequest,
+    responses(
+        (status = 202, description = "Workflow started", body = Created),
+        (status = 422, description = "Invalid request", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<WorkflowRequest>,
+) -> ApiResult<(StatusCode, Json<Created>)> {
+    match state.workflows.create(request).await {
+        Ok(created) => Ok((StatusCode::ACCEPTED, Json(created))),
+        Err(CreateError::Invalid(message)) => Err(ApiError::invalid(message)),
+        Err(CreateError::Internal(err)) => Err(ApiError::backend(err)),
+    }
+}
+
+/// A workflow with every task's status, model, output, tokens and cost.
+#[utoipa::path(
+    get, path = "/api/v1/workflows/{id}", tag = "workflows",
+    params(("id" = String, Path, description = "Workflow id")),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowView),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_workflow(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkflowView>> {
+    check_id(&id)?;
+    let view = state
+        .workflows
+        .view(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(Json(view))
+}
+
+/// Streams `status_update` messages, then `workflow_complete` or `error`,
+/// then closes.
+pub async fn watch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    check_id(&id)?;
+    // Subscribe before reading the snapshot, so nothing falls in between.
+    let events = state.workflows.events().subscribe().await?;
+    let snapshot = state
+        .workflows
+        .snapshot(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(upgrade.on_upgrade(move |socket| stream(socket, state, id, snapshot, events)))
+}
+
+async fn stream(
+    mut socket: WebSocket,
+    state: AppState,
+    id: String,
+    snapshot: Value,
+    mut events: Receiver<Event>,
+) {
+    let mut watcher = Watcher::default();
+    if watcher.send(&mut socket, snapshot).await.is_err() || watcher.finished {
+        return;
+    }
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let body = match event {
+                    Ok(event) if event.workflow_id == id => event.body,
+                    Ok(_) => continue,
+                    // Fell behind: the store has the truth.
+                    Err(RecvError::Lagged(_)) => match state.workflows.snapshot(&id).await {
+                        Ok(Some(snapshot)) => snapshot,
+                        _ => return,
+                    },
+                    Err(RecvError::Closed) => return,
+                };
+                if watcher.send(&mut socket, body).await.is_err() || watcher.finished {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            }
+            incoming = socket.recv() => {
+                if matches!(incoming, None | Some(Ok(Message::Close(_))) | Some(Err(_))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps what a watcher sees in order: progress never goes backwards, and
+/// nothing follows the final message.
+#[derive(Default)]
+struct Watcher {
+    step: i64,
+    finished: bool,
+}
+
+impl Watcher {
+    async fn send(&mut self, socket: &mut WebSocket, body: Value) -> Result<(), axum::Error> {
+        let kind = body["type"].as_str().unwrap_or_default();
+        if kind == "status_update" {
+            let step = body["current_step"].as_i64().unwrap_or(0);
+            if step < self.step {
+                return Ok(());
+            }
+            self.step = step;
+        }
+        self.finished = matches!(kind, "workflow_complete" | "error");
+        socket.send(Message::Text(body.to_string().into())).await
+    }
+}

@@ -1,0 +1,261 @@
+//! Models: the registry (models.toml), the scheduler that picks models for
+//! tasks, and [`Models`], which runs a completion on any registered model
+//! and keeps the per-model history the scheduler learns from.
+
+pub mod registry;
+pub mod scheduler;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::OnConflict,
+};
+use tokio::sync::OnceCell;
+
+pub use registry::{ModelSpec, ProviderKind, Registry};
+pub use scheduler::{History, OptimizationTarget, Plan};
+
+use crate::{
+    llm::{
+        ChatMessage, Completion, GenerationParams, LlmError, LocalModel, RemoteClient, TokenSink,
+    },
+    metrics::LLM_TOKENS,
+    now_ms,
+    store::{model_history_entity as history, workflow_task_entity as tasks},
+};
+
+/// Weight of the newest observation in the decayed history averages.
+const HISTORY_DECAY: f64 = 0.2;
+
+type LocalSlot = Arc<OnceCell<Arc<LocalModel>>>;
+
+/// Runs completions on registered models.
+pub struct Models {
+    registry: Registry,
+    models_dir: PathBuf,
+    db: DatabaseConnection,
+    /// Local models load on first use and stay loaded.
+    local: Mutex<HashMap<String, LocalSlot>>,
+}
+
+/// One model's answer, with what it cost.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub model: String,
+    pub completion: Completion,
+    pub cost: f64,
+    pub latency_ms: u64,
+}
+
+impl Models {
+    pub fn new(registry: Registry, models_dir: PathBuf, db: DatabaseConnection) -> Self {
+        Self {
+            registry,
+            models_dir,
+            db,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Asks `model_id`, bounded by the model's timeout.
+    pub async fn complete(
+        &self,
+        model_id: &str,
+        messages: &[ChatMessage],
+        params: &GenerationParams,
+        sink: Option<TokenSink>,
+    ) -> Result<Answer, LlmError> {
+        let spec = self
+            .registry
+            .get(model_id)
+            .ok_or_else(|| LlmError::Rejected(format!("unknown model {model_id}")))?;
+        let started = Instant::now();
+        let call = self.call(spec, messages, params, sink);
+        let completion = tokio::time::timeout(Duration::from_secs(spec.timeout_s), call)
+            .await
+            .map_err(|_| {
+                LlmError::Unavailable(format!("{model_id} timed out after {} s", spec.timeout_s))
+            })??;
+        metrics::counter!(LLM_TOKENS, "model" => spec.id.clone(), "direction" => "input")
+            .increment(completion.prompt_tokens as u64);
+        metrics::counter!(LLM_TOKENS, "model" => spec.id.clone(), "direction" => "output")
+            .increment(completion.completion_tokens as u64);
+        Ok(Answer {
+            model: spec.id.clone(),
+            cost: spec.cost(completion.prompt_tokens, completion.completion_tokens),
+            latency_ms: started.elapsed().as_millis() as u64,
+            completion,
+        })
+    }
+
+    async fn call(
+        &self,
+        spec: &ModelSpec,
+        messages: &[ChatMessage],
+        params: &GenerationParams,
+        sink: Option<TokenSink>,
+    ) -> Result<Completion, LlmError> {
+        match spec.provider {
+            ProviderKind::Local => {
+                self.local(spec)
+                    .await?
+                    .complete(messages, params, sink)
+                    .await
+            }
+            ProviderKind::Openai => {
+                let key = spec
+                    .api_key_env
+                    .as_ref()
+                    .and_then(|var| std::env::var(var).ok())
+                    .filter(|k| !k.is_empty());
+                let client = RemoteClient::new(
+                    spec.base_url.as_deref().unwrap_or_default(),
+                    spec.model.as_deref().unwrap_or_default(),
+                    key,
+                    Duration::from_secs(spec.timeout_s),
+                )
+                .map_err(|e| LlmError::Unavailable(format!("{e:#}")))?;
+                client.complete(messages, params, sink).await
+            }
+        }
+    }
+
+    /// The loaded local model, loading it on first use.
+    pub async fn local(&self, spec: &ModelSpec) -> Result<Arc<LocalModel>, LlmError> {
+        let slot = self
+            .local
+            .lock()
+            .expect("local model table")
+            .entry(spec.id.clone())
+            .or_default()
+            .clone();
+        let path = self
+            .models_dir
+            .join(spec.file.as_deref().unwrap_or_default());
+        let sessions = spec.max_concurrency as usize;
+        slot.get_or_try_init(|| async move {
+            if !path.is_file() {
+                return Err(LlmError::Unavailable(format!(
+                    "model weights {} are missing (run deploy/scripts/fetch-models.sh)",
+                    path.display()
+                )));
+            }
+            tokio::task::spawn_blocking(move || LocalModel::load(&path, sessions))
+                .await
+                .map_err(|e| LlmError::Unavailable(format!("loading failed: {e}")))?
+                .map(Arc::new)
+                .map_err(|e| LlmError::Unavailable(format!("{e:#}")))
+        })
+        .await
+        .cloned()
+    }
+
+    /// The decayed history of every model on `task_type`.
+    pub async fn history(&self, task_type: &str) -> anyhow::Result<HashMap<String, History>> {
+        let rows = history::Entity::find()
+            .filter(history::Column::TaskType.eq(task_type))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let h = History {
+                    samples: r.samples.max(0) as u32,
+                    success: r.success,
+                    validation: r.validation,
+                    latency_ms: r.latency_ms,
+                };
+                (r.model_id, h)
+            })
+            .collect())
+    }
+
+    /// Folds one call's outcome into the history. `validated` is None when
+    /// the answer was not judged.
+    pub async fn record(
+        &self,
+        model_id: &str,
+        task_type: &str,
+        success: bool,
+        validated: Option<bool>,
+        latency_ms: u64,
+    ) -> anyhow::Result<()> {
+        let old = history::Entity::find_by_id((model_id.to_string(), task_type.to_string()))
+            .one(&self.db)
+            .await?;
+        let value = |b: bool| if b { 1.0 } else { 0.0 };
+        let (samples, success, validation, latency) = match old {
+            None => (
+                1,
+                value(success),
+                validated.map(value).unwrap_or(1.0),
+                latency_ms as f64,
+            ),
+            Some(h) => (
+                h.samples.saturating_add(1),
+                decay(h.success, value(success)),
+                validated.map_or(h.validation, |v| decay(h.validation, value(v))),
+                if success {
+                    decay(h.latency_ms, latency_ms as f64)
+                } else {
+                    h.latency_ms
+                },
+            ),
+        };
+        let row = history::ActiveModel {
+            model_id: Set(model_id.to_string()),
+            task_type: Set(task_type.to_string()),
+            samples: Set(samples),
+            success: Set(success),
+            validation: Set(validation),
+            latency_ms: Set(latency),
+            updated_at_ms: Set(now_ms() as i64),
+        };
+        history::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([history::Column::ModelId, history::Column::TaskType])
+                    .update_columns([
+                        history::Column::Samples,
+                        history::Column::Success,
+                        history::Column::Validation,
+                        history::Column::LatencyMs,
+                        history::Column::UpdatedAtMs,
+                    ])
+                    .to_owned(),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Tasks running now per model, across every worker sharing the store.
+    pub async fn in_flight(&self) -> anyhow::Result<HashMap<String, u32>> {
+        let rows: Vec<(Option<String>, i64)> = tasks::Entity::find()
+            .select_only()
+            .column(tasks::Column::Model)
+            .column_as(tasks::Column::Id.count(), "running")
+            .filter(tasks::Column::Status.eq("running"))
+            .group_by(tasks::Column::Model)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(model, n)| Some((model?, n.max(0) as u32)))
+            .collect())
+    }
+}
+
+fn decay(old: f64, new: f64) -> f64 {
+    old * (1.0 - HISTORY_DECAY) + new * HISTORY_DECAY
+}

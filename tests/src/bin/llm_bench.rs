@@ -1,0 +1,97 @@
+//! `orchestrator-llm-bench`: local inference figures, printed as JSON lines.
+//!
+//! - `generate`: prompt (prefill) and decode tokens/s of the candle local
+//!   provider on a GGUF, greedy, for a fixed number of new tokens.
+//! - `tokenize`: the token ids of a text under the GGUF's own tokenizer
+//!   (compared with llama.cpp's by the bench script).
+//!
+//! `deploy/scripts/bench-llm.sh` runs them next to llama-cpp-python.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use clap::{Parser, Subcommand};
+use orchestrator_shared::llm::{ChatMessage, GenerationParams, LocalModel};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator-llm-bench", about = "Local inference benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Generate --tokens new tokens after --prompt and report tokens/s.
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        tokens: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Print the token ids of --text.
+    Tokenize {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        text: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Bench::Generate {
+            model,
+            prompt,
+            tokens,
+            rounds,
+        } => generate(&model, &prompt, tokens, rounds),
+        Bench::Tokenize { model, text } => {
+            let model = LocalModel::load(&model, 1)?;
+            let ids = model
+                .tokenizer()
+                .encode(text, false)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", json!({"ids": ids.get_ids()}));
+            Ok(())
+        }
+    }
+}
+
+fn generate(path: &Path, prompt: &str, tokens: u32, rounds: usize) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let model = Arc::new(LocalModel::load(path, 1)?);
+    let load_s = started.elapsed().as_secs_f64();
+    let ids = model.encode_chat(&[ChatMessage::new("user", prompt)])?;
+    // Every round decodes exactly `tokens`, past the end of turn, so both
+    // engines do the same work.
+    let params = GenerationParams {
+        max_tokens: tokens,
+        ignore_eos: true,
+        ..GenerationParams::default()
+    };
+    for round in 1..=rounds {
+        let (completion, timings) = model.generate(&ids, &params, None)?;
+        println!(
+            "{}",
+            json!({
+                "engine": "candle",
+                "round": round,
+                "load_s": load_s,
+                "prompt_tokens": timings.prompt_tokens,
+                "prompt_tok_s": timings.prompt_tokens as f64 / timings.prompt_seconds,
+                "generated_tokens": timings.generated_tokens,
+                "decode_tok_s": timings.generated_tokens.saturating_sub(1) as f64 / timings.decode_seconds,
+                "text": completion.text.chars().take(120).collect::<String>(),
+            })
+        );
+    }
+    Ok(())
+}
