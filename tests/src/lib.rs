@@ -25,6 +25,8 @@ use serde_json::{Value, json};
 
 pub use reqwest::StatusCode;
 
+pub mod fake_llm;
+
 /// Where the binaries under test are built.
 fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
@@ -203,7 +205,12 @@ impl Setup {
 
     /// Starts the API and waits until it answers `/health`.
     pub async fn start_api(&self, args: &[&str]) -> Api {
-        let port = free_port();
+        self.start_api_at(free_port(), args).await
+    }
+
+    /// Starts the API on a port chosen beforehand (for configurations that
+    /// must name the API's own address).
+    pub async fn start_api_at(&self, port: u16, args: &[&str]) -> Api {
         let child = self
             .command("orchestrator-api")
             .env("ORCH_HTTP_ADDR", format!("127.0.0.1:{port}"))

@@ -125,7 +125,8 @@ impl Workflows {
                     consensus: None,
                 });
             }
-            let Some(validator) = validator_for(plan, model) else {
+            let validators = validators_for(plan, model);
+            if validators.is_empty() {
                 self.learn(task, &answer, true, None).await;
                 let note = json!({"skipped": "no other model to validate with"});
                 return Some(Outcome {
@@ -133,9 +134,9 @@ impl Workflows {
                     validation: Some(note),
                     consensus: None,
                 });
-            };
-            match self.judge(task, validator, &answer.completion.text).await {
-                Ok(verdict) if verdict.pass => {
+            }
+            match self.judge(task, &validators, &answer.completion.text).await {
+                Ok((validator, verdict)) if verdict.pass => {
                     self.learn(task, &answer, true, Some(true)).await;
                     let validation = json!({"validator": validator, "verdict": verdict});
                     return Some(Outcome {
@@ -144,7 +145,7 @@ impl Workflows {
                         consensus: None,
                     });
                 }
-                Ok(verdict) => {
+                Ok((validator, verdict)) => {
                     self.learn(task, &answer, true, Some(false)).await;
                     attempts.push(json!({
                         "model": model, "outcome": "rejected",
@@ -152,9 +153,10 @@ impl Workflows {
                     }));
                 }
                 Err(err) => {
-                    // The judge is down, not the answer wrong: keep it.
+                    // No judge could answer: the answer is not known to be
+                    // wrong, so it is kept.
                     self.learn(task, &answer, true, None).await;
-                    let validation = json!({"validator": validator, "skipped": err});
+                    let validation = json!({"skipped": err});
                     return Some(Outcome {
                         answer,
                         validation: Some(validation),
@@ -238,23 +240,32 @@ impl Workflows {
         }
     }
 
-    async fn judge(
+    /// The first of `validators` that answers judges `answer`.
+    async fn judge<'v>(
         &self,
         task: &TaskRow,
-        validator: &str,
+        validators: &[&'v str],
         answer: &str,
-    ) -> Result<judge::Verdict, String> {
+    ) -> Result<(&'v str, judge::Verdict), String> {
         let messages = judge::judge_prompt(&task.description, answer);
         let params = GenerationParams {
             max_tokens: 48,
             ..GenerationParams::default()
         };
-        let verdict = self
-            .models
-            .complete(validator, &messages, &params, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(judge::parse_verdict(&verdict.completion.text))
+        let mut errors = Vec::new();
+        for validator in validators {
+            match self
+                .models
+                .complete(validator, &messages, &params, None)
+                .await
+            {
+                Ok(verdict) => {
+                    return Ok((validator, judge::parse_verdict(&verdict.completion.text)));
+                }
+                Err(err) => errors.push(format!("{validator}: {err}")),
+            }
+        }
+        Err(format!("no validator answered ({})", errors.join("; ")))
     }
 
     async fn learn(&self, task: &TaskRow, answer: &Answer, success: bool, validated: Option<bool>) {
@@ -522,14 +533,16 @@ fn params_for(task: &TaskRow) -> GenerationParams {
     }
 }
 
-/// A model other than `answerer` to judge its answer: the planned
-/// validator, else the primary, else the first other fallback.
-fn validator_for<'a>(plan: &'a Plan, answerer: &str) -> Option<&'a str> {
-    plan.validator
-        .iter()
-        .chain(plan.chain())
-        .map(String::as_str)
-        .find(|m| *m != answerer)
+/// Models other than `answerer` that may judge its answer, in order: the
+/// planned validator, then the chain.
+fn validators_for<'a>(plan: &'a Plan, answerer: &str) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for model in plan.validator.iter().chain(plan.chain()) {
+        if model != answerer && !out.contains(&model.as_str()) {
+            out.push(model);
+        }
+    }
+    out
 }
 
 /// The outputs of the tasks nothing depends on (the DAG's sinks), in order.
