@@ -36,6 +36,18 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Workflows/s through the API, scheduler, queue and workers with a
+    /// trivially fast model (a local OpenAI-compatible server).
+    Workflows {
+        /// The orchestrator-api binary to run (embedded mode).
+        #[arg(long)]
+        api: PathBuf,
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// Print the token ids of --text.
     Tokenize {
         #[arg(long)]
@@ -45,6 +57,8 @@ enum Bench {
     },
 }
 
+mod workflows;
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Generate {
@@ -53,6 +67,11 @@ fn main() -> anyhow::Result<()> {
             tokens,
             rounds,
         } => generate(&model, &prompt, tokens, rounds),
+        Bench::Workflows {
+            api,
+            count,
+            concurrency,
+        } => tokio::runtime::Runtime::new()?.block_on(workflows::run(&api, count, concurrency)),
         Bench::Tokenize { model, text } => {
             let model = LocalModel::load(&model, 1)?;
             let ids = model
