@@ -3,6 +3,7 @@
 //! by its name:
 //!
 //! - `fail500*`: answers 500 to everything;
+//! - `slow*`: answers like any other model, after 300 ms;
 //! - any other: answers `answer from {model}: {step}` where step is the
 //!   task's "Your step:" line; asked to judge (a prompt ending in
 //!   "Verdict:"), it says FAIL for answers from models named `bad*` and
@@ -95,6 +96,9 @@ async fn answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"error": {"message": "upstream exploded"}})),
         );
+    }
+    if model.starts_with("slow") {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
     let text = if user.trim_end().ends_with("Verdict:") {
         if user.contains("answer from bad") {

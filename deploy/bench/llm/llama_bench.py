@@ -28,7 +28,7 @@ def main():
     load_s = time.perf_counter() - started
     if args.tokenize is not None:
         ids = llm.tokenize(args.tokenize.encode(), add_bos=False, special=True)
-        print(json.dumps({"ids": ids}))
+        print(json.dumps({"ids": ids}, separators=(",", ":")))
         return
 
     text = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
