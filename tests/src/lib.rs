@@ -40,10 +40,32 @@ fn target_dir() -> PathBuf {
 pub fn binary(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            // The whole workspace, as deploy/scripts/test.sh builds it: the same
-            // feature set, so after that script this is a no-op.
-            .args(["build", "--quiet", "--workspace", "--bins"])
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        // Cargo sets these for the test process; build scripts that watch
+        // them (ring watches CARGO_MANIFEST_DIR) would otherwise see a
+        // change and rebuild half the dependency tree.
+        for (key, _) in std::env::vars() {
+            let per_crate = key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_")
+                || matches!(
+                    key.as_str(),
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                );
+            if per_crate {
+                cargo.env_remove(key);
+            }
+        }
+        let status = cargo
+            // Exactly what deploy/scripts/test.sh builds: `--tests` pulls the
+            // dev-dependencies into feature resolution, so without it the
+            // binaries would be rebuilt with other features (and rebuilt
+            // again by the next test build).
+            .args(["build", "--quiet", "--workspace", "--bins", "--tests"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build for the binaries under test");

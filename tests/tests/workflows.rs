@@ -529,18 +529,30 @@ async fn bad_workflow_requests_are_refused_and_bad_model_plans_fall_back() {
 #[tokio::test]
 async fn a_worker_killed_mid_workflow_loses_nothing_and_counts_nothing_twice() {
     let fake = FakeLlm::start().await;
-    let setup = setup(Backend::redis(), &remote("slow", &fake.base_url(), "slow", 0.9))
-        .env("ORCH_LEASE_MS", "2000");
+    let setup = setup(
+        Backend::redis(),
+        &remote("slow", &fake.base_url(), "slow", 0.9),
+    )
+    .env("ORCH_LEASE_MS", "2000");
     let api = setup.start_api(&[]).await;
     let mut doomed = setup.start_worker(&["--queues", "inference", "--concurrency", "8"]);
     let mut ids = Vec::new();
     for i in 0..12 {
-        ids.push(create(&api, json!({"description": format!("crash case {i}"), "type": "general"})).await);
+        ids.push(
+            create(
+                &api,
+                json!({"description": format!("crash case {i}"), "type": "general"}),
+            )
+            .await,
+        );
     }
     // Kill it while model calls are in flight and some tasks are done.
     let deadline = tokio::time::Instant::now() + FAKE_WAIT;
     while fake.calls().len() < 12 {
-        assert!(tokio::time::Instant::now() < deadline, "the worker made no calls");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker made no calls"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     doomed.signal(libc::SIGKILL);
@@ -553,10 +565,19 @@ async fn a_worker_killed_mid_workflow_loses_nothing_and_counts_nothing_twice() {
         assert_eq!(workflow["done_steps"], 3, "{workflow:#}");
         for task in workflow["tasks"].as_array().unwrap() {
             assert_eq!(task["status"], "done");
-            assert!(task["output"].as_str().unwrap().starts_with("answer from slow"));
+            assert!(
+                task["output"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("answer from slow")
+            );
         }
     }
     // Calls in flight at the kill ran again; nothing else did.
-    let joins = fake.calls().iter().filter(|c| c.user.contains("Combine")).count();
+    let joins = fake
+        .calls()
+        .iter()
+        .filter(|c| c.user.contains("Combine"))
+        .count();
     assert!(joins >= 12, "every join ran: {joins}");
 }
