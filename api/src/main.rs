@@ -95,6 +95,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for settings in store.queues().await? {
         backend.set_paused(&settings.name, settings.paused).await?;
     }
+    // Tasks stored as ready whose push was cut short (the process died in
+    // between) are queued now; pushes are idempotent per task.
+    let requeued = services.workflows.queue_stranded().await?;
+    if requeued > 0 {
+        tracing::info!(
+            workflows = requeued,
+            "queued the ready tasks of unfinished workflows"
+        );
+    }
 
     let shutdown_token = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown_token.clone());

@@ -581,3 +581,41 @@ async fn a_worker_killed_mid_workflow_loses_nothing_and_counts_nothing_twice() {
         .count();
     assert!(joins >= 12, "every join ran: {joins}");
 }
+
+#[tokio::test]
+async fn ready_tasks_whose_push_was_lost_are_queued_at_the_next_start() {
+    let fake = FakeLlm::start().await;
+    let setup = setup(
+        Backend::redis(),
+        &remote("fast", &fake.base_url(), "fast", 0.9),
+    );
+    let Backend::Redis { url, prefix } = setup.backend.clone() else {
+        unreachable!()
+    };
+    let api = setup.start_api(&[]).await;
+    // No worker runs yet, so the first tasks wait in Redis...
+    let id = create(
+        &api,
+        json!({"description": "lost and found", "type": "general"}),
+    )
+    .await;
+    drop(api);
+    // ...and are lost, as if the API died between storing the workflow and
+    // pushing its first tasks.
+    let keys = std::process::Command::new("redis-cli")
+        .args(["-u", &url, "--scan", "--pattern", &format!("{prefix}:*")])
+        .output()
+        .expect("redis-cli (installed with redis-server)");
+    for key in String::from_utf8(keys.stdout).unwrap().lines() {
+        let deleted = std::process::Command::new("redis-cli")
+            .args(["-u", &url, "DEL", key])
+            .status()
+            .unwrap();
+        assert!(deleted.success());
+    }
+    let api = setup.start_api(&[]).await;
+    let _worker = setup.start_worker(&["--queues", "inference"]);
+    let workflow = wait_finished(&api, &id, FAKE_WAIT).await;
+    assert_eq!(workflow["status"], "completed", "{workflow:#}");
+    assert_eq!(fake.calls().len(), 3);
+}

@@ -448,6 +448,17 @@ impl Workflows {
         Ok(())
     }
 
+    /// Queues the ready tasks of every unfinished workflow (after a crash
+    /// between storing a workflow and queueing its first tasks). Returns how
+    /// many workflows had such tasks.
+    pub async fn queue_stranded(&self) -> anyhow::Result<usize> {
+        let ids = state::with_queued_tasks(&self.db).await?;
+        for id in &ids {
+            self.queue_ready(id).await?;
+        }
+        Ok(ids.len())
+    }
+
     pub async fn view(&self, id: &str) -> anyhow::Result<Option<WorkflowView>> {
         let Some(workflow) = state::workflow(&self.db, id).await? else {
             return Ok(None);

@@ -4,7 +4,7 @@
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
+    QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde_json::Value;
@@ -78,6 +78,20 @@ pub async fn tasks_of(
         .order_by_asc(tasks::Column::Idx)
         .all(db)
         .await?)
+}
+
+/// Running workflows that have tasks ready to run.
+pub async fn with_queued_tasks(db: &DatabaseConnection) -> anyhow::Result<Vec<String>> {
+    let mut ids: Vec<String> = tasks::Entity::find()
+        .select_only()
+        .column(tasks::Column::WorkflowId)
+        .filter(tasks::Column::Status.eq(status::QUEUED))
+        .distinct()
+        .into_tuple()
+        .all(db)
+        .await?;
+    ids.sort();
+    Ok(ids)
 }
 
 /// Marks a queued (or re-delivered running) task as running on `model`.
