@@ -13,25 +13,23 @@ use std::{
 };
 
 use anyhow::Context;
-use candle_core::{
-    Device, Tensor,
-    quantized::{GgmlDType, QTensor, gguf_file},
-};
-use candle_transformers::{
-    generation::{LogitsProcessor, Sampling},
-    models::quantized_llama::{MAX_SEQ_LEN, ModelWeights},
-};
+use candle_core::quantized::gguf_file;
+use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::Tokenizer;
 use tokio::sync::Semaphore;
 
 use super::{
     ChatMessage, Completion, FinishReason, GenerationParams, LlmError, TokenSink,
-    chat_template::ChatTemplate, gguf_tokenizer,
+    chat_template::ChatTemplate, gguf_tokenizer, llama,
 };
+
+/// Longest context a session may use, whatever the model was trained on
+/// (bounds the rotary tables and per-session KV caches).
+const MAX_CONTEXT: usize = 4_096;
 
 /// One loaded model, shared by every session.
 pub struct LocalModel {
-    weights: ModelWeights,
+    weights: Arc<llama::Weights>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     end_of_turn: Vec<u32>,
@@ -70,15 +68,15 @@ impl LocalModel {
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
             .unwrap_or(2_048) as usize;
-        let (content, mut reader) = with_fast_blocks(content, &mut reader)?;
-        let weights = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu)
+        let context_window = trained_context.min(MAX_CONTEXT);
+        let weights = llama::Weights::from_gguf(&content, &mut reader, context_window)
             .with_context(|| format!("loading {}", path.display()))?;
         Ok(Self {
-            weights,
+            weights: Arc::new(weights),
             tokenizer,
             template,
             end_of_turn,
-            context_window: trained_context.min(MAX_SEQ_LEN),
+            context_window,
             sessions: Arc::new(Semaphore::new(sessions.max(1))),
             path: path.to_path_buf(),
         })
@@ -150,9 +148,14 @@ impl LocalModel {
                 self.context_window
             )));
         }
-        Session::new(self, params, sink)
-            .run(prompt)
-            .map_err(|e| LlmError::Unavailable(format!("local generation failed: {e:#}")))
+        Session::new(
+            self,
+            params,
+            sink,
+            prompt.len() + params.max_tokens as usize,
+        )
+        .run(prompt)
+        .map_err(|e| LlmError::Unavailable(format!("local generation failed: {e:#}")))
     }
 }
 
@@ -160,7 +163,7 @@ impl LocalModel {
 /// model shares the weights), sampler and text so far.
 struct Session<'a> {
     model: &'a LocalModel,
-    weights: ModelWeights,
+    state: llama::Session,
     sampler: LogitsProcessor,
     params: &'a GenerationParams,
     sink: Option<TokenSink>,
@@ -171,7 +174,13 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(model: &'a LocalModel, params: &'a GenerationParams, sink: Option<TokenSink>) -> Self {
+    /// A session holding up to `positions` tokens (prompt plus answer).
+    fn new(
+        model: &'a LocalModel,
+        params: &'a GenerationParams,
+        sink: Option<TokenSink>,
+        positions: usize,
+    ) -> Self {
         let sampling = match (params.temperature, params.top_p) {
             (t, _) if t <= 0.0 => Sampling::ArgMax,
             (temperature, None) => Sampling::All { temperature },
@@ -179,7 +188,7 @@ impl<'a> Session<'a> {
         };
         Self {
             model,
-            weights: model.weights.clone(),
+            state: llama::Session::new(model.weights.clone(), positions),
             sampler: LogitsProcessor::from_sampling(params.seed, sampling),
             params,
             sink,
@@ -226,8 +235,7 @@ impl<'a> Session<'a> {
 
     /// Runs the model over `tokens` at `position` and samples the next token.
     fn step(&mut self, tokens: &[u32], position: usize) -> anyhow::Result<u32> {
-        let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
-        let logits = self.weights.forward(&input, position)?.squeeze(0)?;
+        let logits = self.state.forward(tokens, position)?;
         Ok(self.sampler.sample(&logits)?)
     }
 
@@ -279,36 +287,4 @@ impl<'a> Session<'a> {
             self.sent = upto;
         }
     }
-}
-
-/// Re-encodes Q4_1 tensors as Q8_0 in memory. candle has SIMD dot products
-/// for Q8_0 but only a scalar one for Q4_1, and decoding a token is one
-/// pass over every weight: the wider blocks cost 100 MB more memory on a
-/// 135M-parameter model and make decoding several times faster, with the
-/// same values up to 8-bit rounding of 4-bit ones.
-fn with_fast_blocks(
-    content: gguf_file::Content,
-    reader: &mut Cursor<Vec<u8>>,
-) -> anyhow::Result<(gguf_file::Content, Cursor<Vec<u8>>)> {
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    for name in content.tensor_infos.keys() {
-        let tensor = content.tensor(reader, name, &Device::Cpu)?;
-        let tensor = if tensor.dtype() == GgmlDType::Q4_1 {
-            QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
-        } else {
-            tensor
-        };
-        tensors.push((name.clone(), tensor));
-    }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    let mut rewritten = Cursor::new(Vec::new());
-    gguf_file::write(&mut rewritten, &metadata, &tensor_refs)?;
-    rewritten.set_position(0);
-    let content = gguf_file::Content::read(&mut rewritten)?;
-    Ok((content, rewritten))
 }

@@ -5,6 +5,7 @@
 
 mod chat_template;
 mod gguf_tokenizer;
+mod llama;
 pub mod local;
 pub mod remote;
 
