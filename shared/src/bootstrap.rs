@@ -48,7 +48,7 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         registry,
         config.models_dir.clone(),
         store.connection().clone(),
-    ));
+    )?);
     let workflows = Arc::new(Workflows::new(
         store.connection().clone(),
         models,

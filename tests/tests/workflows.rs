@@ -361,11 +361,6 @@ async fn concurrent_fan_in_workflows_run_every_task_exactly_once_across_worker_p
     assert_eq!(joins.len(), count);
     for join in joins {
         assert!(
-            join.user.contains("Name one colour") || join.user.contains("Result of step \"left\""),
-            "{}",
-            join.user
-        );
-        assert!(
             join.user.contains("Result of step \"left\"")
                 && join.user.contains("Result of step \"right\""),
             "{}",
@@ -443,7 +438,7 @@ async fn a_failing_primary_falls_back_and_validation_failures_move_on() {
     );
     assert_eq!(workflow["tasks"][0]["model"], consensus["winner"]);
 
-    // The scheduler learned: the failing model's history is recorded.
+    // The registry lists every model.
     let (_, models) = api.get("/api/v1/models").await;
     assert_eq!(models["models"].as_array().unwrap().len(), 4);
 }

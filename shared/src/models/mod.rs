@@ -42,6 +42,9 @@ pub struct Models {
     db: DatabaseConnection,
     /// Local models load on first use and stay loaded.
     local: Mutex<HashMap<String, LocalSlot>>,
+    /// One HTTP client per remote model, built at start so calls reuse its
+    /// connections.
+    remote: HashMap<String, RemoteClient>,
 }
 
 /// One model's answer, with what it cost.
@@ -54,13 +57,24 @@ pub struct Answer {
 }
 
 impl Models {
-    pub fn new(registry: Registry, models_dir: PathBuf, db: DatabaseConnection) -> Self {
-        Self {
+    pub fn new(
+        registry: Registry,
+        models_dir: PathBuf,
+        db: DatabaseConnection,
+    ) -> anyhow::Result<Self> {
+        let remote = registry
+            .models()
+            .iter()
+            .filter(|spec| spec.provider == ProviderKind::Openai)
+            .map(|spec| Ok((spec.id.clone(), remote_client(spec)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
             registry,
             models_dir,
             db,
             local: Mutex::new(HashMap::new()),
-        }
+            remote,
+        })
     }
 
     pub fn registry(&self) -> &Registry {
@@ -113,18 +127,10 @@ impl Models {
                     .await
             }
             ProviderKind::Openai => {
-                let key = spec
-                    .api_key_env
-                    .as_ref()
-                    .and_then(|var| std::env::var(var).ok())
-                    .filter(|k| !k.is_empty());
-                let client = RemoteClient::new(
-                    spec.base_url.as_deref().unwrap_or_default(),
-                    spec.model.as_deref().unwrap_or_default(),
-                    key,
-                    Duration::from_secs(spec.timeout_s),
-                )
-                .map_err(|e| LlmError::Unavailable(format!("{e:#}")))?;
+                let client = self
+                    .remote
+                    .get(&spec.id)
+                    .ok_or_else(|| LlmError::Unavailable(format!("no client for {}", spec.id)))?;
                 client.complete(messages, params, sink).await
             }
         }
@@ -254,6 +260,22 @@ impl Models {
             .filter_map(|(model, n)| Some((model?, n.max(0) as u32)))
             .collect())
     }
+}
+
+/// The client of a remote model; its key is read from the environment
+/// variable the registry names.
+fn remote_client(spec: &ModelSpec) -> anyhow::Result<RemoteClient> {
+    let key = spec
+        .api_key_env
+        .as_ref()
+        .and_then(|var| std::env::var(var).ok())
+        .filter(|k| !k.is_empty());
+    RemoteClient::new(
+        spec.base_url.as_deref().unwrap_or_default(),
+        spec.model.as_deref().unwrap_or_default(),
+        key,
+        Duration::from_secs(spec.timeout_s),
+    )
 }
 
 fn decay(old: f64, new: f64) -> f64 {

@@ -105,7 +105,7 @@ impl Plan {
     }
 }
 
-/// A model's score, with its parts for explanation.
+/// A model's total score for one task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
     pub id: String,

@@ -83,7 +83,7 @@ impl Workflows {
         {
             return Ok(json!({"task": task.id, "skipped": "finished elsewhere"}));
         }
-        self.publish_progress(&workflow.id, Some(&task), None).await;
+        self.publish_progress(&workflow.id, Some(&task)).await;
 
         let messages = self.prompt(&workflow, &task).await.map_err(internal)?;
         let params = params_for(&task);
@@ -346,8 +346,9 @@ impl Workflows {
             }
             return Ok(());
         }
-        self.queue_ready(&workflow.id).await?;
-        self.publish_progress(&workflow.id, None, None).await;
+        // The rows read above already show what this completion released.
+        self.queue_tasks(&tasks).await?;
+        self.publish_progress(&workflow.id, None).await;
         Ok(())
     }
 
@@ -444,12 +445,7 @@ impl Workflows {
     }
 
     /// Publishes a `status_update` with the workflow's current state.
-    pub(crate) async fn publish_progress(
-        &self,
-        workflow_id: &str,
-        running: Option<&TaskRow>,
-        note: Option<&str>,
-    ) {
+    pub(crate) async fn publish_progress(&self, workflow_id: &str, running: Option<&TaskRow>) {
         let Ok(Some(workflow)) = state::workflow(&self.db, workflow_id).await else {
             return;
         };
@@ -465,9 +461,6 @@ impl Workflows {
                     .map(|p| p.primary)
                     .unwrap_or_default()
             )]);
-        }
-        if let Some(note) = note {
-            event["messages"] = json!([note]);
         }
         self.events.publish(workflow_id, event).await;
     }

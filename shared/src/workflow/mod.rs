@@ -428,9 +428,14 @@ impl Workflows {
     /// Pushes every queued task of a workflow. Idempotent (the task id is
     /// the idempotency key), so it is safe to repeat after a crash.
     pub(crate) async fn queue_ready(&self, workflow_id: &str) -> anyhow::Result<()> {
-        let ready: Vec<NewJob> = state::tasks_of(&self.db, workflow_id)
-            .await?
-            .into_iter()
+        let tasks = state::tasks_of(&self.db, workflow_id).await?;
+        self.queue_tasks(&tasks).await
+    }
+
+    /// Pushes the queued ones among `tasks` (freshly read from the store).
+    pub(crate) async fn queue_tasks(&self, tasks: &[TaskRow]) -> anyhow::Result<()> {
+        let ready: Vec<NewJob> = tasks
+            .iter()
             .filter(|t| t.status == status::QUEUED)
             .map(|t| NewJob {
                 queue: INFERENCE_QUEUE.to_string(),
