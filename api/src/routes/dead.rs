@@ -113,16 +113,28 @@ pub async fn requeue_job(
             ),
         ));
     }
-    state
+    let requeued = state
         .queue
         .requeue_dead(&job.queue, std::slice::from_ref(&id), 1)
         .await?;
-    let job = state
-        .queue
-        .job(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job_not_found", format!("no job {id}")))?;
-    Ok(Json(job))
+    if requeued.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_not_dead",
+            format!("job {id} was requeued by another request"),
+        ));
+    }
+    // Answer with the state the requeue set, not a fresh read: an idle
+    // worker can fetch the job within a millisecond, and the reply would
+    // then describe its next attempt instead of the requeue.
+    Ok(Json(JobInfo {
+        status: JobStatus::Pending,
+        attempts: 0,
+        error: None,
+        result: None,
+        updated_at_ms: orchestrator_shared::now_ms(),
+        ..job
+    }))
 }
 
 async fn require_queue(state: &AppState, name: &str) -> ApiResult<()> {
