@@ -14,7 +14,7 @@ use utoipa::{
 use crate::{
     auth::{self, ApiKeys},
     error::{ErrorBody, ErrorDetail},
-    routes::{chat, dead, health, jobs, models, packs, queues, workflows},
+    routes::{chat, dead, health, jobs, models, packs, queues, training, workflows},
     state::AppState,
 };
 
@@ -39,6 +39,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
         dead::list, dead::requeue, dead::requeue_job,
         packs::create, packs::list, packs::get_pack, packs::reindex, packs::search, packs::delete,
         workflows::create, workflows::get_workflow, models::list,
+        training::feedback, training::create_run, training::list_runs, training::get_run,
+        training::list_adapters, training::promote, training::rollback,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -93,6 +95,15 @@ pub fn router(state: AppState, keys: ApiKeys) -> Router {
         .route("/v1/workflows", post(workflows::create))
         .route("/v1/workflows/{id}", get(workflows::get_workflow))
         .route("/v1/models", get(models::list))
+        .route("/v1/feedback", post(training::feedback))
+        .route(
+            "/v1/training/runs",
+            post(training::create_run).get(training::list_runs),
+        )
+        .route("/v1/training/runs/{id}", get(training::get_run))
+        .route("/v1/adapters", get(training::list_adapters))
+        .route("/v1/adapters/{id}/promote", post(training::promote))
+        .route("/v1/adapters/{id}/rollback", post(training::rollback))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .layer(middleware::from_fn_with_state(
             keys.clone(),

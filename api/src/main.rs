@@ -14,13 +14,17 @@ use anyhow::Context;
 use clap::Parser;
 use orchestrator_shared::{
     bootstrap,
-    config::{CommonConfig, parse_socket_addr},
+    config::{CommonConfig, TrainerConfig, parse_socket_addr},
     queue::fleet,
     shutdown, telemetry,
+    training::trainer::Trainer,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth::ApiKeys, state::AppState};
+use crate::{
+    auth::ApiKeys,
+    state::{AppState, Training},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +57,14 @@ struct Cli {
     /// orchestrator-worker processes).
     #[arg(long)]
     no_workers: bool,
+
+    /// In embedded mode, run no in-process trainer (training runs wait for
+    /// an orchestrator-trainer process).
+    #[arg(long, env = "ORCH_NO_TRAINER")]
+    no_trainer: bool,
+
+    #[command(flatten)]
+    trainer: TrainerConfig,
 }
 
 #[tokio::main]
@@ -122,6 +134,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
+    let training_defaults = cli.trainer.training()?;
+    if embedded && !cli.no_trainer {
+        let owner = format!(
+            "api-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        );
+        let trainer = Trainer::new(
+            services.feedback.clone(),
+            services.workflows.models().clone(),
+            services.adapter_notices.clone(),
+            cli.trainer.settings(&cli.common, owner)?,
+        );
+        let stop = shutdown_token.clone();
+        tokio::spawn(async move {
+            if let Err(err) = trainer.run(stop).await {
+                tracing::error!("trainer stopped: {err:#}");
+            }
+        });
+    }
     let state = AppState::new(
         store,
         backend,
@@ -129,6 +161,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         services.memory,
         services.workflows,
         cli.index_roots,
+        Training {
+            feedback: services.feedback,
+            adapter_notices: services.adapter_notices,
+            defaults: training_defaults,
+        },
     );
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -3,7 +3,13 @@
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use orchestrator_shared::{
-    jobs::JobHandler, memory::Memory, queue::QueueBackend, store::Store, workflow::Workflows,
+    events::Events,
+    jobs::JobHandler,
+    memory::Memory,
+    queue::QueueBackend,
+    store::Store,
+    training::{TrainingConfig, feedback::Feedback},
+    workflow::Workflows,
 };
 
 #[derive(Clone)]
@@ -16,6 +22,18 @@ pub struct AppState {
     pub workflows: Arc<Workflows>,
     /// Directories context packs may be read from (ORCH_INDEX_ROOTS).
     pub index_roots: Arc<Vec<PathBuf>>,
+    pub feedback: Arc<Feedback>,
+    /// Adapter changes, announced to every serving process.
+    pub adapter_notices: Arc<Events>,
+    /// Settings of runs started without any.
+    pub training_defaults: Arc<TrainingConfig>,
+}
+
+/// The learning half of the state.
+pub struct Training {
+    pub feedback: Arc<Feedback>,
+    pub adapter_notices: Arc<Events>,
+    pub defaults: TrainingConfig,
 }
 
 impl AppState {
@@ -26,6 +44,7 @@ impl AppState {
         memory: Arc<Memory>,
         workflows: Arc<Workflows>,
         index_roots: Vec<PathBuf>,
+        training: Training,
     ) -> Self {
         Self {
             store,
@@ -34,6 +53,9 @@ impl AppState {
             memory,
             workflows,
             index_roots: Arc::new(index_roots),
+            feedback: training.feedback,
+            adapter_notices: training.adapter_notices,
+            training_defaults: Arc::new(training.defaults),
         }
     }
 }

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_create_queues;
 mod m20261124_000002_create_context_packs;
 mod m20261124_000003_create_workflows;
+mod m20261124_000004_create_training;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_queues::Migration),
             Box::new(m20261124_000002_create_context_packs::Migration),
             Box::new(m20261124_000003_create_workflows::Migration),
+            Box::new(m20261124_000004_create_training::Migration),
         ]
     }
 }

@@ -7,12 +7,14 @@ use anyhow::Context;
 
 use crate::{
     config::CommonConfig,
+    events::Events,
     jobs::{self, JobHandler},
     memory::{Memory, packs::PackStore},
     models::{Models, Registry},
     queue::{self, QueueBackend, fleet::Assignment},
     store::Store,
-    workflow::{Workflows, decomposer::Patterns, events::Events},
+    training::feedback::Feedback,
+    workflow::{Workflows, decomposer::Patterns},
 };
 
 /// What a serving process works with.
@@ -21,6 +23,9 @@ pub struct Services {
     pub queue: Arc<dyn QueueBackend>,
     pub memory: Arc<Memory>,
     pub workflows: Arc<Workflows>,
+    pub feedback: Arc<Feedback>,
+    /// Adapter publications, heard by every serving process.
+    pub adapter_notices: Arc<Events>,
     /// Every built-in queue's handler.
     pub handlers: Vec<Arc<dyn JobHandler>>,
 }
@@ -40,15 +45,19 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
     let handlers = jobs::builtin(&memory, &workflows_slot);
     store.seed_queues(&handlers).await?;
     let queue = queue::connect(config).await?;
-    let events = match &config.redis_url {
-        Some(url) => Events::redis(url, &config.redis_prefix).await?,
-        None => Events::in_process(),
-    };
+    let events = open_events(config, "workflows").await?;
+    let adapter_notices = Arc::new(open_events(config, "adapters").await?);
+    let feedback = Arc::new(match &config.redis_url {
+        Some(url) => Feedback::redis(store.connection().clone(), url, &config.redis_prefix).await?,
+        None => Feedback::embedded(store.connection().clone()),
+    });
     let models = Arc::new(Models::new(
         registry,
         config.models_dir.clone(),
         store.connection().clone(),
     )?);
+    models.refresh_adapters().await?;
+    follow_adapters(models.clone(), &adapter_notices).await?;
     let workflows = Arc::new(Workflows::new(
         store.connection().clone(),
         models,
@@ -63,8 +72,36 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         queue,
         memory,
         workflows,
+        feedback,
+        adapter_notices,
         handlers,
     })
+}
+
+/// The event topic `topic`: over Redis with Redis, in-process without.
+async fn open_events(config: &CommonConfig, topic: &str) -> anyhow::Result<Events> {
+    match &config.redis_url {
+        Some(url) => Events::redis(url, format!("{}:events:{topic}", config.redis_prefix)).await,
+        None => Ok(Events::in_process()),
+    }
+}
+
+/// Reloads the adapter table (and the new active adapters) whenever a
+/// trainer publishes, promotes or rolls back an adapter.
+async fn follow_adapters(models: Arc<Models>, notices: &Events) -> anyhow::Result<()> {
+    let mut heard = notices.subscribe().await?;
+    tokio::spawn(async move {
+        loop {
+            match heard.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+            if let Err(err) = models.adapters_changed().await {
+                tracing::warn!(error = %format!("{err:#}"), "reloading adapters failed");
+            }
+        }
+    });
+    Ok(())
 }
 
 /// One worker plan per handler, with the queue's registry settings;

@@ -331,3 +331,76 @@ mod tests {
         assert_eq!(config.validate().unwrap_err().name, "ORCH_LEASE_MS");
     }
 }
+
+/// Settings of the trainer (the `orchestrator-trainer` process, or the API's
+/// in-process trainer in embedded mode).
+#[derive(Debug, Clone, Args)]
+pub struct TrainerConfig {
+    /// Buffered feedback examples that start a training run on their own.
+    #[arg(long, env = "ORCH_TRAIN_BATCH_THRESHOLD", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
+    pub batch_threshold: u64,
+
+    /// How long a run stays leased to a trainer without a heartbeat before
+    /// another trainer may take it over.
+    #[arg(long, env = "ORCH_TRAIN_LEASE_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub train_lease_ms: u64,
+
+    /// Pause between looks for work when there is none.
+    #[arg(long, env = "ORCH_TRAIN_POLL_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    pub train_poll_ms: u64,
+
+    /// Keep adapters that beat the served model as candidates instead of
+    /// promoting them at once.
+    #[arg(long, env = "ORCH_TRAIN_NO_AUTO_PROMOTE")]
+    pub no_auto_promote: bool,
+
+    /// JSON file of training settings for runs the trainer starts itself
+    /// (rank, alpha, dropout, target_modules, learning_rate, epochs,
+    /// batch_size, max_seq_len, eval_fraction, seed; missing ones default).
+    #[arg(long, env = "ORCH_TRAIN_CONFIG")]
+    pub train_config: Option<PathBuf>,
+}
+
+impl TrainerConfig {
+    /// The training settings: the file's, else the defaults.
+    pub fn training(&self) -> anyhow::Result<crate::training::TrainingConfig> {
+        let Some(path) = &self.train_config else {
+            return Ok(Default::default());
+        };
+        let size = std::fs::metadata(path)
+            .map_err(|e| anyhow::anyhow!("ORCH_TRAIN_CONFIG: cannot read {}: {e}", path.display()))?
+            .len();
+        anyhow::ensure!(
+            size <= 64 * 1024,
+            "ORCH_TRAIN_CONFIG: {} is over 64 KiB",
+            path.display()
+        );
+        let text = std::fs::read_to_string(path)?;
+        let config: crate::training::TrainingConfig = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("ORCH_TRAIN_CONFIG: {}: {e}", path.display()))?;
+        config
+            .check()
+            .map_err(|e| anyhow::anyhow!("ORCH_TRAIN_CONFIG: {}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The trainer's settings, with `owner` naming it in leases.
+    pub fn settings(
+        &self,
+        common: &CommonConfig,
+        owner: String,
+    ) -> anyhow::Result<crate::training::trainer::Settings> {
+        Ok(crate::training::trainer::Settings {
+            owner,
+            lease: Duration::from_millis(self.train_lease_ms),
+            poll: Duration::from_millis(self.train_poll_ms),
+            batch_threshold: self.batch_threshold,
+            auto_promote: !self.no_auto_promote,
+            config: self.training()?,
+            adapters_dir: common.data_dir.join("adapters"),
+        })
+    }
+}

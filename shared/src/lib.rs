@@ -9,6 +9,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod events;
 pub mod jobs;
 pub mod llm;
 pub mod memory;
@@ -19,6 +20,7 @@ pub mod shutdown;
 mod sqlite_file;
 pub mod store;
 pub mod telemetry;
+pub mod training;
 pub mod workflow;
 
 /// Milliseconds since the Unix epoch, the time unit of every timestamp the

@@ -11,6 +11,10 @@ pub const JOB_DURATION: &str = "orchestrator_job_duration_seconds";
 pub const QUEUE_DEPTH: &str = "orchestrator_queue_depth";
 pub const WORKERS_ACTIVE: &str = "orchestrator_workers_active";
 pub const LLM_TOKENS: &str = "orchestrator_llm_tokens_total";
+pub const TRAINING_RUNS: &str = "orchestrator_training_runs_total";
+pub const TRAINING_LOSS: &str = "orchestrator_training_loss";
+pub const TRAINING_TOKENS_PER_SEC: &str = "orchestrator_training_tokens_per_second";
+pub const FEEDBACK: &str = "orchestrator_feedback_total";
 
 /// Histogram buckets for job durations: from a no-op (microseconds) to a long
 /// model call (minutes).
@@ -40,6 +44,22 @@ fn describe() {
     metrics::describe_counter!(
         LLM_TOKENS,
         "Tokens through language models, by model and direction (input, output)."
+    );
+    metrics::describe_counter!(
+        TRAINING_RUNS,
+        "Training runs finished, by outcome (promoted, candidate, rejected, failed)."
+    );
+    metrics::describe_gauge!(
+        TRAINING_LOSS,
+        "Training loss of the latest step of the run in progress, by base model."
+    );
+    metrics::describe_gauge!(
+        TRAINING_TOKENS_PER_SEC,
+        "Tokens per second of the run in progress, by base model."
+    );
+    metrics::describe_counter!(
+        FEEDBACK,
+        "Feedback received, by origin (human, synthetic) and whether it became an example."
     );
     metrics::describe_counter!(JOBS_ENQUEUED, "Jobs accepted into a queue.");
     metrics::describe_counter!(

@@ -285,6 +285,16 @@ impl Setup {
         Process(Some(child))
     }
 
+    /// An `orchestrator-trainer` process.
+    pub fn start_trainer(&self, args: &[&str]) -> Process {
+        let child = self
+            .command("orchestrator-trainer")
+            .args(args)
+            .spawn()
+            .expect("start orchestrator-trainer");
+        Process(Some(child))
+    }
+
     /// Runs the worker to completion, for start-up refusals.
     pub fn run_worker_expecting_exit(&self, args: &[&str]) -> (ExitStatus, String) {
         let output = self

@@ -101,13 +101,12 @@ pub async fn complete(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
-    if state
-        .workflows
-        .models()
-        .registry()
-        .get(&request.model)
-        .is_none()
-    {
+    let models = state.workflows.models();
+    if models.resolve(&request.model).is_none() {
+        // An adapter published since this process last heard of one.
+        models.refresh_adapters().await?;
+    }
+    if models.resolve(&request.model).is_none() {
         return Err(ApiError::not_found(
             "model_not_found",
             format!("no model {:?} in the registry", shown(&request.model)),

@@ -7,4 +7,5 @@ pub mod jobs;
 pub mod models;
 pub mod packs;
 pub mod queues;
+pub mod training;
 pub mod workflows;

@@ -31,12 +31,11 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<ModelList>> {
     let models = state.workflows.models();
     let in_flight = models.in_flight().await?;
     let models = models
-        .registry()
-        .models()
-        .iter()
+        .specs()
+        .into_iter()
         .map(|spec| ModelEntry {
             in_flight: in_flight.get(&spec.id).copied().unwrap_or(0),
-            spec: spec.clone(),
+            spec,
         })
         .collect();
     Ok(Json(ModelList { models }))
@@ -47,8 +46,7 @@ pub async fn list_openai(State(state): State<AppState>) -> Json<Value> {
     let data: Vec<Value> = state
         .workflows
         .models()
-        .registry()
-        .models()
+        .specs()
         .iter()
         .map(|m| json!({"id": m.id, "object": "model", "created": 0, "owned_by": "orchestrator"}))
         .collect();

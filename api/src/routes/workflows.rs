@@ -9,8 +9,9 @@ use axum::{
     http::StatusCode,
     response::Response,
 };
-use orchestrator_shared::workflow::{
-    CreateError, Created, WorkflowRequest, WorkflowView, events::Event,
+use orchestrator_shared::{
+    events::Event,
+    workflow::{CreateError, Created, WorkflowRequest, WorkflowView},
 };
 use serde_json::Value;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
@@ -108,7 +109,7 @@ async fn stream(
         tokio::select! {
             event = events.recv() => {
                 let body = match event {
-                    Ok(event) if event.workflow_id == id => event.body,
+                    Ok(event) if event.subject == id => event.body,
                     Ok(_) => continue,
                     // Fell behind: the store has the truth.
                     Err(RecvError::Lagged(_)) => match state.workflows.snapshot(&id).await {

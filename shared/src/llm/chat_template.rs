@@ -8,6 +8,7 @@ use super::ChatMessage;
 /// ChatML, for a model file that carries no template.
 const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
 }

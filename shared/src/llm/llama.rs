@@ -18,6 +18,8 @@ use candle_core::{
 };
 use candle_nn::{Embedding, kv_cache::KvCache};
 
+use super::lora::{LoadedAdapter, Target};
+
 /// Weights shared by every session.
 pub struct Weights {
     embeddings: Embedding,
@@ -29,13 +31,41 @@ pub struct Weights {
     sin: Tensor,
 }
 
+/// The shape of a llama model, read from its GGUF metadata.
 #[derive(Debug, Clone, Copy)]
-struct Config {
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    feed_forward: usize,
-    eps: f32,
+pub struct Config {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub hidden: usize,
+    pub blocks: usize,
+    pub feed_forward: usize,
+    pub eps: f32,
+    pub freq_base: f32,
+}
+
+impl Config {
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
+        let heads = metadata_u32(content, "llama.attention.head_count")?;
+        let hidden = metadata_u32(content, "llama.embedding_length")?;
+        let float = |key: &str, default: f32| {
+            content
+                .metadata
+                .get(key)
+                .and_then(|v| v.to_f32().ok())
+                .unwrap_or(default)
+        };
+        Ok(Self {
+            heads,
+            kv_heads: metadata_u32(content, "llama.attention.head_count_kv")?,
+            head_dim: hidden / heads,
+            hidden,
+            blocks: metadata_u32(content, "llama.block_count")?,
+            feed_forward: metadata_u32(content, "llama.feed_forward_length")?,
+            eps: float("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            freq_base: float("llama.rope.freq_base", 10_000.0),
+        })
+    }
 }
 
 struct Layer {
@@ -93,28 +123,11 @@ impl Weights {
         reader: &mut R,
         max_positions: usize,
     ) -> Result<Self> {
-        let heads = metadata_u32(content, "llama.attention.head_count")?;
-        let kv_heads = metadata_u32(content, "llama.attention.head_count_kv")?;
-        let blocks = metadata_u32(content, "llama.block_count")?;
-        let hidden = metadata_u32(content, "llama.embedding_length")?;
-        let feed_forward = metadata_u32(content, "llama.feed_forward_length")?;
-        let eps = match content
-            .metadata
-            .get("llama.attention.layer_norm_rms_epsilon")
-        {
-            Some(v) => v.to_f32()?,
-            None => 1e-5,
-        };
-        let freq_base = content
-            .metadata
-            .get("llama.rope.freq_base")
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(10_000.0);
-        let head_dim = hidden / heads;
-        let (cos, sin) = rope_tables(head_dim, freq_base, max_positions)?;
+        let config = Config::from_gguf(content)?;
+        let (cos, sin) = rope_tables(config.head_dim, config.freq_base, max_positions)?;
 
         let embedding = content.tensor(reader, "token_embd.weight", &Device::Cpu)?;
-        let embeddings = Embedding::new(embedding.dequantize(&Device::Cpu)?, hidden);
+        let embeddings = Embedding::new(embedding.dequantize(&Device::Cpu)?, config.hidden);
         let output = match content.tensor_infos.contains_key("output.weight") {
             true => fast(content, reader, "output.weight")?,
             false => QTensor::quantize(embeddings.embeddings(), GgmlDType::Q8_0)?,
@@ -124,8 +137,8 @@ impl Weights {
                 .tensor(reader, name, &Device::Cpu)?
                 .dequantize(&Device::Cpu)
         };
-        let mut layers = Vec::with_capacity(blocks);
-        for block in 0..blocks {
+        let mut layers = Vec::with_capacity(config.blocks);
+        for block in 0..config.blocks {
             let name = |suffix: &str| format!("blk.{block}.{suffix}.weight");
             layers.push(Layer {
                 attention_norm: norm_of(reader, &name("attn_norm"))?,
@@ -145,21 +158,25 @@ impl Weights {
             layers,
             norm: norm_of(reader, "output_norm.weight")?,
             output: QMatMul::from_qtensor(output)?,
-            config: Config {
-                heads,
-                kv_heads,
-                head_dim,
-                feed_forward,
-                eps,
-            },
+            config,
             cos,
             sin,
         })
     }
 }
 
+impl Weights {
+    pub(crate) fn config(&self) -> Config {
+        self.config
+    }
+}
+
 /// Rotary tables for `positions` positions (llama's interleaved pairs).
-fn rope_tables(head_dim: usize, freq_base: f32, positions: usize) -> Result<(Tensor, Tensor)> {
+pub(crate) fn rope_tables(
+    head_dim: usize,
+    freq_base: f32,
+    positions: usize,
+) -> Result<(Tensor, Tensor)> {
     let inverse: Vec<f32> = (0..head_dim)
         .step_by(2)
         .map(|i| 1.0 / freq_base.powf(i as f32 / head_dim as f32))
@@ -172,19 +189,29 @@ fn rope_tables(head_dim: usize, freq_base: f32, positions: usize) -> Result<(Ten
     Ok((angles.cos()?, angles.sin()?))
 }
 
-/// One conversation: shared weights plus its own KV cache.
+/// One conversation: shared weights, optionally a LoRA adapter on them,
+/// plus its own KV cache.
 pub struct Session {
     weights: Arc<Weights>,
+    adapter: Option<Arc<LoadedAdapter>>,
     caches: Vec<KvCache>,
 }
 
 impl Session {
     /// A session holding up to `positions` tokens.
-    pub fn new(weights: Arc<Weights>, positions: usize) -> Self {
+    pub fn new(
+        weights: Arc<Weights>,
+        adapter: Option<Arc<LoadedAdapter>>,
+        positions: usize,
+    ) -> Self {
         let caches = (0..weights.layers.len())
             .map(|_| KvCache::new(2, positions))
             .collect();
-        Self { weights, caches }
+        Self {
+            weights,
+            adapter,
+            caches,
+        }
     }
 
     /// Runs `tokens` at `position` (the number of tokens already seen) and
@@ -199,16 +226,41 @@ impl Session {
         let mask = (seq > 1)
             .then(|| causal_mask(seq, position, w.config.heads / w.config.kv_heads))
             .transpose()?;
-        for (layer, cache) in w.layers.iter().zip(self.caches.iter_mut()) {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attention_norm, w.config.eps)?;
-            let attended = attention(layer, cache, &h, &cos, &sin, mask.as_ref(), w.config)?;
-            x = (x + layer.attention_out.forward(&attended)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, w.config.eps)?;
-            let gate_up = layer.gate_up.forward(&h)?;
-            let ff = w.config.feed_forward;
+        let c = w.config;
+        for (index, (layer, cache)) in w.layers.iter().zip(self.caches.iter_mut()).enumerate() {
+            let lora = |x: &Tensor, out: Tensor, parts: &[(Target, usize)]| match &self.adapter {
+                Some(adapter) => adapter.add(index, x, out, parts),
+                None => Ok(out),
+            };
+            let h = candle_nn::ops::rms_norm(&x, &layer.attention_norm, c.eps)?;
+            let qkv = lora(
+                &h,
+                layer.qkv.forward(&h)?,
+                &[
+                    (Target::Q, c.heads * c.head_dim),
+                    (Target::K, c.kv_heads * c.head_dim),
+                    (Target::V, c.kv_heads * c.head_dim),
+                ],
+            )?;
+            let attended = attention(cache, &qkv, &cos, &sin, mask.as_ref(), c)?;
+            let out = lora(
+                &attended,
+                layer.attention_out.forward(&attended)?,
+                &[(Target::O, c.hidden)],
+            )?;
+            x = (x + out)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.eps)?;
+            let ff = c.feed_forward;
+            let gate_up = lora(
+                &h,
+                layer.gate_up.forward(&h)?,
+                &[(Target::Gate, ff), (Target::Up, ff)],
+            )?;
             let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, ff)?)?;
             let up = gate_up.narrow(D::Minus1, ff, ff)?;
-            x = (x + layer.down.forward(&(gate * up)?)?)?;
+            let act = (gate * up)?;
+            let down = lora(&act, layer.down.forward(&act)?, &[(Target::Down, c.hidden)])?;
+            x = (x + down)?;
         }
         let last = x.narrow(1, seq - 1, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &w.norm, w.config.eps)?;
@@ -216,17 +268,16 @@ impl Session {
     }
 }
 
+/// Attention over the fused q/k/v projections `qkv` of the new tokens.
 fn attention(
-    layer: &Layer,
     cache: &mut KvCache,
-    h: &Tensor,
+    qkv: &Tensor,
     cos: &Tensor,
     sin: &Tensor,
     mask: Option<&Tensor>,
     c: Config,
 ) -> Result<Tensor> {
-    let (batch, seq, _) = h.dims3()?;
-    let qkv = layer.qkv.forward(h)?;
+    let (batch, seq, _) = qkv.dims3()?;
     let split = |start: usize, heads: usize| -> Result<Tensor> {
         qkv.narrow(D::Minus1, start * c.head_dim, heads * c.head_dim)?
             .reshape((batch, seq, heads, c.head_dim))?

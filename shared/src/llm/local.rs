@@ -20,16 +20,21 @@ use tokio::sync::Semaphore;
 
 use super::{
     ChatMessage, Completion, FinishReason, GenerationParams, LlmError, TokenSink,
-    chat_template::ChatTemplate, gguf_tokenizer, llama,
+    chat_template::ChatTemplate,
+    gguf_tokenizer, llama,
+    lora::{AdapterWeights, LoadedAdapter},
 };
 
 /// Longest context a session may use, whatever the model was trained on
 /// (bounds the rotary tables and per-session KV caches).
 const MAX_CONTEXT: usize = 4_096;
 
-/// One loaded model, shared by every session.
+/// One loaded model, shared by every session; with an adapter, the same
+/// base weights plus a LoRA adapter on them.
+#[derive(Clone)]
 pub struct LocalModel {
     weights: Arc<llama::Weights>,
+    adapter: Option<Arc<LoadedAdapter>>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     end_of_turn: Vec<u32>,
@@ -73,12 +78,26 @@ impl LocalModel {
             .with_context(|| format!("loading {}", path.display()))?;
         Ok(Self {
             weights: Arc::new(weights),
+            adapter: None,
             tokenizer,
             template,
             end_of_turn,
             context_window,
             sessions: Arc::new(Semaphore::new(sessions.max(1))),
             path: path.to_path_buf(),
+        })
+    }
+
+    /// This model with the PEFT LoRA adapter in `dir` on it (sharing the
+    /// base weights, which stay loaded once). `sessions` bounds the new
+    /// model's conversations.
+    pub fn with_adapter(&self, dir: &Path, sessions: usize) -> anyhow::Result<Self> {
+        let weights = AdapterWeights::load(dir, &self.weights.config())?;
+        let adapter = LoadedAdapter::new(&weights)?;
+        Ok(Self {
+            adapter: Some(Arc::new(adapter)),
+            sessions: Arc::new(Semaphore::new(sessions.max(1))),
+            ..self.clone()
         })
     }
 
@@ -188,7 +207,7 @@ impl<'a> Session<'a> {
         };
         Self {
             model,
-            state: llama::Session::new(model.weights.clone(), positions),
+            state: llama::Session::new(model.weights.clone(), model.adapter.clone(), positions),
             sampler: LogitsProcessor::from_sampling(params.seed, sampling),
             params,
             sink,

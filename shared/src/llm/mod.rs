@@ -3,16 +3,18 @@
 //! OpenAI-compatible chat completions server). Both take the same request
 //! and give the same answer, so the scheduler can put any model on any task.
 
-mod chat_template;
-mod gguf_tokenizer;
-mod llama;
+pub(crate) mod chat_template;
+pub(crate) mod gguf_tokenizer;
+pub(crate) mod llama;
 pub mod local;
+pub mod lora;
 pub mod remote;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
+pub use llama::Config as LlamaConfig;
 pub use local::LocalModel;
 pub use remote::RemoteClient;
 

@@ -1,6 +1,11 @@
 //! Models: the registry (models.toml), the scheduler that picks models for
 //! tasks, and [`Models`], which runs a completion on any registered model
 //! and keeps the per-model history the scheduler learns from.
+//!
+//! Published LoRA adapters are models too: `base@adapter-vN` names a
+//! version, `base@latest` the active one (the base itself while none is).
+//! The adapter table is re-read whenever the trainer announces a change, so
+//! a new version serves without a restart.
 
 pub mod registry;
 pub mod scheduler;
@@ -8,7 +13,7 @@ pub mod scheduler;
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -28,6 +33,7 @@ use crate::{
     metrics::LLM_TOKENS,
     now_ms,
     store::{model_history_entity as history, workflow_task_entity as tasks},
+    training::adapters::{self, AdapterRow},
 };
 
 /// Weight of the newest observation in the decayed history averages.
@@ -45,6 +51,16 @@ pub struct Models {
     /// One HTTP client per remote model, built at start so calls reuse its
     /// connections.
     remote: HashMap<String, RemoteClient>,
+    adapters: RwLock<AdapterTable>,
+}
+
+/// The adapters that may serve, as last read from the store.
+#[derive(Default)]
+struct AdapterTable {
+    /// Every adapter not rejected, by id.
+    servable: HashMap<String, AdapterRow>,
+    /// Base model → its active adapter's id.
+    active: HashMap<String, String>,
 }
 
 /// One model's answer, with what it cost.
@@ -74,11 +90,109 @@ impl Models {
             db,
             local: Mutex::new(HashMap::new()),
             remote,
+            adapters: RwLock::new(AdapterTable::default()),
         })
     }
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Local models: the ones a trainer can fine-tune.
+    pub fn trainable(&self) -> Vec<&ModelSpec> {
+        self.registry
+            .models()
+            .iter()
+            .filter(|m| m.provider == ProviderKind::Local)
+            .collect()
+    }
+
+    /// The weights file of a local model.
+    pub fn weights_path(&self, spec: &ModelSpec) -> PathBuf {
+        self.models_dir
+            .join(spec.file.as_deref().unwrap_or_default())
+    }
+
+    /// Every model the scheduler may pick: the registry's, plus each base
+    /// model's active adapter.
+    pub fn specs(&self) -> Vec<ModelSpec> {
+        let mut specs = self.registry.models().to_vec();
+        let table = self.adapters.read().expect("adapter table");
+        let mut active: Vec<&String> = table.active.values().collect();
+        active.sort();
+        specs.extend(
+            active
+                .into_iter()
+                .filter_map(|id| self.adapter_spec(&table, id)),
+        );
+        specs
+    }
+
+    /// The model `id` names: a registered model, an adapter version, or
+    /// `base@latest`.
+    pub fn resolve(&self, id: &str) -> Option<ModelSpec> {
+        if let Some(spec) = self.registry.get(id) {
+            return Some(spec.clone());
+        }
+        let (base, version) = id.split_once('@')?;
+        let table = self.adapters.read().expect("adapter table");
+        match version {
+            "latest" => match table.active.get(base) {
+                Some(active) => self.adapter_spec(&table, active),
+                None => self.registry.get(base).cloned(),
+            },
+            _ => self.adapter_spec(&table, id),
+        }
+    }
+
+    fn adapter_spec(&self, table: &AdapterTable, id: &str) -> Option<ModelSpec> {
+        let adapter = table.servable.get(id)?;
+        let base = self.registry.get(&adapter.base_model)?;
+        Some(ModelSpec {
+            id: adapter.id.clone(),
+            ..base.clone()
+        })
+    }
+
+    /// Re-reads the adapter table; returns the active adapter ids.
+    pub async fn refresh_adapters(&self) -> anyhow::Result<Vec<String>> {
+        let rows = adapters::list(&self.db).await?;
+        let mut table = AdapterTable::default();
+        for row in rows {
+            if row.status == adapters::status::REJECTED {
+                continue;
+            }
+            if row.status == adapters::status::ACTIVE {
+                table.active.insert(row.base_model.clone(), row.id.clone());
+            }
+            table.servable.insert(row.id.clone(), row);
+        }
+        let active = table.active.values().cloned().collect();
+        *self.adapters.write().expect("adapter table") = table;
+        Ok(active)
+    }
+
+    /// After an adapter change: re-read the table and load the active
+    /// adapters of base models this process already serves, so the first
+    /// request to a new version does not wait for it.
+    pub async fn adapters_changed(&self) -> anyhow::Result<()> {
+        for id in self.refresh_adapters().await? {
+            let Some(spec) = self.resolve(&id) else {
+                continue;
+            };
+            let base = id.split('@').next().unwrap_or_default().to_string();
+            let base_loaded = self
+                .local
+                .lock()
+                .expect("local model table")
+                .get(&base)
+                .is_some_and(|slot| slot.initialized());
+            if base_loaded {
+                self.local(&spec).await?;
+                tracing::info!(adapter = %id, "adapter loaded");
+            }
+        }
+        Ok(())
     }
 
     /// Asks `model_id`, bounded by the model's timeout.
@@ -89,10 +203,20 @@ impl Models {
         params: &GenerationParams,
         sink: Option<TokenSink>,
     ) -> Result<Answer, LlmError> {
-        let spec = self
-            .registry
-            .get(model_id)
-            .ok_or_else(|| LlmError::Rejected(format!("unknown model {model_id}")))?;
+        let spec = match self.resolve(model_id) {
+            Some(spec) => spec,
+            // An adapter published since the last notification reached
+            // this process.
+            None if model_id.contains('@') => {
+                self.refresh_adapters()
+                    .await
+                    .map_err(|e| LlmError::Unavailable(format!("reading adapters: {e:#}")))?;
+                self.resolve(model_id)
+                    .ok_or_else(|| LlmError::Rejected(format!("unknown model {model_id}")))?
+            }
+            None => return Err(LlmError::Rejected(format!("unknown model {model_id}"))),
+        };
+        let spec = &spec;
         let started = Instant::now();
         let call = self.call(spec, messages, params, sink);
         let completion = tokio::time::timeout(Duration::from_secs(spec.timeout_s), call)
@@ -136,7 +260,8 @@ impl Models {
         }
     }
 
-    /// The loaded local model, loading it on first use.
+    /// The loaded local model, loading it on first use. An adapter loads
+    /// onto its base model's weights, loading those first.
     pub async fn local(&self, spec: &ModelSpec) -> Result<Arc<LocalModel>, LlmError> {
         let slot = self
             .local
@@ -145,10 +270,34 @@ impl Models {
             .entry(spec.id.clone())
             .or_default()
             .clone();
-        let path = self
-            .models_dir
-            .join(spec.file.as_deref().unwrap_or_default());
         let sessions = spec.max_concurrency as usize;
+        let adapter = self
+            .adapters
+            .read()
+            .expect("adapter table")
+            .servable
+            .get(&spec.id)
+            .cloned();
+        if let Some(adapter) = adapter {
+            let base = self.registry.get(&adapter.base_model).ok_or_else(|| {
+                LlmError::Unavailable(format!("base model {} is gone", adapter.base_model))
+            })?;
+            let base = Box::pin(self.local(base)).await?;
+            return slot
+                .get_or_try_init(|| async move {
+                    let dir = PathBuf::from(&adapter.location);
+                    tokio::task::spawn_blocking(move || base.with_adapter(&dir, sessions))
+                        .await
+                        .map_err(|e| LlmError::Unavailable(format!("loading failed: {e}")))?
+                        .map(Arc::new)
+                        .map_err(|e| {
+                            LlmError::Unavailable(format!("loading adapter {}: {e:#}", adapter.id))
+                        })
+                })
+                .await
+                .cloned();
+        }
+        let path = self.weights_path(spec);
         slot.get_or_try_init(|| async move {
             if !path.is_file() {
                 return Err(LlmError::Unavailable(format!(

@@ -2,10 +2,13 @@
 //! `DATABASE_URL` says so. Migrations run on connect. This module owns the
 //! queue registry; jobs themselves live in the queue backend.
 
+pub mod adapter_entity;
+pub mod feedback_entity;
 pub mod model_history_entity;
 pub mod pack_entity;
 pub mod pack_file_entity;
 pub mod queue_entity;
+pub mod training_run_entity;
 pub mod workflow_entity;
 pub mod workflow_task_entity;
 

@@ -5,7 +5,6 @@
 
 pub mod dag;
 pub mod decomposer;
-pub mod events;
 pub mod executor;
 pub mod judge;
 pub mod state;
@@ -18,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use utoipa::ToSchema;
 
+use crate::events::Events;
 use crate::{
     llm::{ChatMessage, GenerationParams},
     memory::Memory,
@@ -27,7 +27,6 @@ use crate::{
     store::workflow_task_entity as tasks,
 };
 use decomposer::{GENERAL, Patterns, PlannedTask};
-use events::Events;
 use state::{TaskRow, WorkflowRow, status};
 
 /// The queue workflow tasks run on.
@@ -271,7 +270,7 @@ impl Workflows {
             return invalid("model_preferences: at most 16 model ids".into());
         }
         for id in &request.model_preferences {
-            if self.models.registry().get(id).is_none() {
+            if self.models.resolve(id).is_none() {
                 return invalid(format!("model_preferences: unknown model {id:?}"));
             }
         }
@@ -402,9 +401,10 @@ impl Workflows {
         history: &HashMap<String, scheduler::History>,
         in_flight: &HashMap<String, u32>,
     ) -> Result<scheduler::Plan, CreateError> {
+        let models = self.models.specs();
         let inputs = scheduler::Inputs {
             task_type: &task.task_type,
-            models: self.models.registry().models(),
+            models: &models,
             history,
             in_flight,
             target,

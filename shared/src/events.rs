@@ -1,6 +1,8 @@
-//! Workflow progress events. Every process publishes into one broadcast
-//! channel; with Redis, events travel over Redis pub/sub (fred) so a
-//! websocket on the API sees what workers in other processes did.
+//! Events between processes: workflow progress, adapter publications.
+//! Every process publishes into one broadcast channel per topic; with Redis,
+//! events travel over Redis pub/sub (fred) so a websocket on the API sees
+//! what workers in other processes did, and every inference worker hears
+//! of a new adapter.
 
 use std::time::Duration;
 
@@ -13,10 +15,10 @@ use tokio::sync::{OnceCell, broadcast};
 /// (it then re-reads the workflow from the store).
 const BUFFER: usize = 4_096;
 
-/// One event about one workflow.
+/// One event about one subject (a workflow id, a base model).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    pub workflow_id: String,
+    pub subject: String,
     pub body: Value,
 }
 
@@ -41,8 +43,8 @@ impl Events {
         }
     }
 
-    /// Over Redis pub/sub on `{prefix}:events:workflows`.
-    pub async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
+    /// Over Redis pub/sub on `channel`.
+    pub async fn redis(url: &str, channel: String) -> anyhow::Result<Self> {
         let config = Config::from_url(url).context("ORCH_REDIS_URL: invalid Redis URL")?;
         let publisher = Builder::from_config(config.clone())
             .with_connection_config(|c| c.connection_timeout = Duration::from_secs(5))
@@ -57,7 +59,7 @@ impl Events {
             redis: Some(RedisEvents {
                 config,
                 publisher,
-                channel: format!("{prefix}:events:workflows"),
+                channel,
                 subscriber: OnceCell::new(),
             }),
         })
@@ -65,22 +67,22 @@ impl Events {
 
     /// Sends an event to every subscriber in every process. Losing an event
     /// loses nothing: the store holds the truth and subscribers re-read it.
-    pub async fn publish(&self, workflow_id: &str, body: Value) {
+    pub async fn publish(&self, subject: &str, body: Value) {
         match &self.redis {
             None => {
                 let _ = self.local.send(Event {
-                    workflow_id: workflow_id.to_string(),
+                    subject: subject.to_string(),
                     body,
                 });
             }
             Some(redis) => {
-                let message = serde_json::json!({"workflow_id": workflow_id, "body": body});
+                let message = serde_json::json!({"subject": subject, "body": body});
                 let sent: Result<i64, _> = redis
                     .publisher
                     .publish(&redis.channel, message.to_string())
                     .await;
                 if let Err(err) = sent {
-                    tracing::warn!(%err, "publishing a workflow event failed");
+                    tracing::warn!(%err, channel = %redis.channel, "publishing an event failed");
                 }
             }
         }
@@ -120,11 +122,11 @@ async fn forward(
             let Ok(mut value) = serde_json::from_str::<Value>(&text) else {
                 continue;
             };
-            let Some(id) = value["workflow_id"].as_str().map(str::to_string) else {
+            let Some(subject) = value["subject"].as_str().map(str::to_string) else {
                 continue;
             };
             let _ = local.send(Event {
-                workflow_id: id,
+                subject,
                 body: value["body"].take(),
             });
         }

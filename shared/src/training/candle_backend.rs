@@ -1,0 +1,383 @@
+//! The candle training backend (CPU; CUDA with the `cuda` feature): the base
+//! model in f32, dequantized from its GGUF, frozen; LoRA pairs as the only
+//! variables; AdamW.
+//!
+//! candle's matmul backward also computes the gradient of the weight
+//! operand, which for a frozen weight is as much work as the forward product
+//! and thrown away. Frozen projections therefore run as a custom op whose
+//! backward returns only the input's gradient (about a third less work per
+//! step). Norms, rotary embeddings and softmax use candle's composite
+//! versions, which have backward passes (the fused kernels do not).
+
+use std::{collections::HashMap, io::Cursor, path::Path};
+
+use anyhow::Context;
+use candle_core::{
+    CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Storage, Tensor, Var,
+    quantized::gguf_file,
+};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::{TrainingConfig, backend::TrainBackend, data::Batch};
+use crate::llm::{
+    llama::{Config, rope_tables},
+    lora::{AdapterConfig, AdapterWeights, LoraPair, Target},
+};
+
+/// A projection whose weight never trains.
+struct Frozen {
+    /// (output, input)
+    weight: Tensor,
+}
+
+impl Frozen {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.contiguous()?.apply_op1(FrozenOp {
+            weight: self.weight.clone(),
+        })
+    }
+}
+
+struct FrozenOp {
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenOp {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("frozen-linear needs a contiguous input".into())
+        })?;
+        let input = &storage.as_slice::<f32>()?[start..end];
+        let x = Tensor::from_slice(input, layout.shape(), &Device::Cpu)?;
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        let shape = y.shape().clone();
+        let (out, _) = y.storage_and_layout();
+        match &*out {
+            Storage::Cpu(cpu) => Ok((cpu.clone(), shape)),
+            _ => candle_core::bail!("frozen-linear runs on the CPU"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.weight)?))
+    }
+}
+
+struct Block {
+    attention_norm: Tensor,
+    qkv: Frozen,
+    attention_out: Frozen,
+    ffn_norm: Tensor,
+    gate_up: Frozen,
+    down: Frozen,
+}
+
+/// The frozen base model.
+struct Base {
+    config: Config,
+    embeddings: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: Frozen,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Base {
+    fn load(gguf: &Path, max_positions: usize) -> anyhow::Result<Self> {
+        let bytes =
+            std::fs::read(gguf).with_context(|| format!("cannot read {}", gguf.display()))?;
+        let mut reader = Cursor::new(bytes);
+        let content = gguf_file::Content::read(&mut reader)
+            .with_context(|| format!("{} is not a GGUF file", gguf.display()))?;
+        let config = Config::from_gguf(&content)?;
+        let mut tensor = |name: &str| -> anyhow::Result<Tensor> {
+            Ok(content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .with_context(|| format!("GGUF lacks {name}"))?
+                .dequantize(&Device::Cpu)?)
+        };
+        let mut stacked = |names: &[&str]| -> anyhow::Result<Frozen> {
+            let parts = names
+                .iter()
+                .map(|n| tensor(n))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(Frozen {
+                weight: Tensor::cat(&parts, 0)?,
+            })
+        };
+        let mut blocks = Vec::with_capacity(config.blocks);
+        for b in 0..config.blocks {
+            let name = |suffix: &str| format!("blk.{b}.{suffix}.weight");
+            blocks.push(Block {
+                attention_norm: stacked(&[&name("attn_norm")])?.weight,
+                qkv: stacked(&[&name("attn_q"), &name("attn_k"), &name("attn_v")])?,
+                attention_out: stacked(&[&name("attn_output")])?,
+                ffn_norm: stacked(&[&name("ffn_norm")])?.weight,
+                gate_up: stacked(&[&name("ffn_gate"), &name("ffn_up")])?,
+                down: stacked(&[&name("ffn_down")])?,
+            });
+        }
+        let embeddings = stacked(&["token_embd.weight"])?.weight;
+        let output = match content.tensor_infos.contains_key("output.weight") {
+            true => stacked(&["output.weight"])?,
+            false => Frozen {
+                weight: embeddings.clone(),
+            },
+        };
+        let norm = stacked(&["output_norm.weight"])?.weight;
+        let (cos, sin) = rope_tables(config.head_dim, config.freq_base, max_positions)?;
+        Ok(Self {
+            config,
+            embeddings,
+            blocks,
+            norm,
+            output,
+            cos,
+            sin,
+        })
+    }
+}
+
+/// LoRA variables of one block.
+type BlockLora = HashMap<Target, (Var, Var)>;
+
+pub struct CandleBackend {
+    base: Base,
+    lora: Vec<BlockLora>,
+    scale: f64,
+    dropout: f64,
+    optimizer: AdamW,
+    adapter_config: AdapterConfig,
+}
+
+impl CandleBackend {
+    /// Loads the base model and sets up fresh LoRA pairs: A uniform in
+    /// ±1/√input (PEFT's Kaiming init), B zero, so training starts from
+    /// exactly the base model.
+    pub fn new(gguf: &Path, base_model: &str, config: &TrainingConfig) -> anyhow::Result<Self> {
+        let base = Base::load(gguf, config.max_seq_len)?;
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let targets = config.targets();
+        let mut lora = Vec::with_capacity(base.config.blocks);
+        let mut vars = Vec::new();
+        for _ in 0..base.config.blocks {
+            let mut block = HashMap::new();
+            for &target in &targets {
+                let (input, output) = target.dims(&base.config);
+                let bound = 1.0 / (input as f32).sqrt();
+                let a: Vec<f32> = (0..config.rank * input)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
+                let a =
+                    Var::from_tensor(&Tensor::from_vec(a, (config.rank, input), &Device::Cpu)?)?;
+                let b = Var::zeros((output, config.rank), DType::F32, &Device::Cpu)?;
+                vars.push(a.clone());
+                vars.push(b.clone());
+                block.insert(target, (a, b));
+            }
+            lora.push(block);
+        }
+        let optimizer = AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr: config.learning_rate,
+                weight_decay: config.weight_decay,
+                ..ParamsAdamW::default()
+            },
+        )?;
+        Ok(Self {
+            base,
+            lora,
+            scale: config.alpha / config.rank as f64,
+            dropout: config.dropout,
+            optimizer,
+            adapter_config: AdapterConfig::lora(
+                config.rank,
+                config.alpha,
+                config.dropout,
+                &targets,
+                base_model,
+            ),
+        })
+    }
+
+    /// Continues from a saved adapter of the same shape.
+    pub fn load_adapter(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let saved = AdapterWeights::load(dir, &self.base.config)?;
+        anyhow::ensure!(
+            saved.config.r == self.adapter_config.r
+                && saved.config.target_modules == self.adapter_config.target_modules,
+            "the adapter in {} has another rank or targets",
+            dir.display()
+        );
+        for (vars, pairs) in self.lora.iter().zip(&saved.layers) {
+            for (target, (a, b)) in vars {
+                let pair = pairs.get(target).context("adapter lacks a target")?;
+                a.set(&pair.a)?;
+                b.set(&pair.b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mean cross-entropy over the batch's scored tokens. With `rng`,
+    /// dropout is applied to every LoRA input.
+    fn loss(&self, batch: &Batch, mut rng: Option<&mut StdRng>) -> anyhow::Result<Tensor> {
+        let c = self.base.config;
+        let n = batch.tokens.len();
+        let device = &Device::Cpu;
+        let tokens = Tensor::new(batch.tokens.as_slice(), device)?;
+        let positions = Tensor::new(batch.positions.as_slice(), device)?;
+        let cos = self.base.cos.index_select(&positions, 0)?;
+        let sin = self.base.sin.index_select(&positions, 0)?;
+        let group = c.heads / c.kv_heads;
+        let mask = Tensor::from_vec(batch.mask(), (n, n), device)?.repeat((group, 1))?;
+        let mut x = self.base.embeddings.index_select(&tokens, 0)?;
+        for (block, lora) in self.base.blocks.iter().zip(&self.lora) {
+            let mut project = |frozen: &Frozen, input: &Tensor, parts: &[(Target, usize)]| {
+                let out = frozen.forward(input)?;
+                self.add_lora(lora, input, out, parts, rng.as_deref_mut())
+            };
+            let h = candle_nn::ops::rms_norm_slow(&x, &block.attention_norm, c.eps)?;
+            let attention = c.heads * c.head_dim;
+            let kv = c.kv_heads * c.head_dim;
+            let qkv = project(
+                &block.qkv,
+                &h,
+                &[(Target::Q, attention), (Target::K, kv), (Target::V, kv)],
+            )?;
+            let heads = |start: usize, count: usize| -> candle_core::Result<Tensor> {
+                qkv.narrow(1, start * c.head_dim, count * c.head_dim)?
+                    .reshape((n, count, c.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .unsqueeze(0)
+            };
+            let q = candle_nn::rotary_emb::rope_i_slow(&heads(0, c.heads)?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i_slow(&heads(c.heads, c.kv_heads)?, &cos, &sin)?;
+            let v = heads(c.heads + c.kv_heads, c.kv_heads)?.squeeze(0)?;
+            // Query heads sharing a key head are consecutive: fold them into
+            // the rows of one product per key head.
+            let q = q.squeeze(0)?.reshape((c.kv_heads, group * n, c.head_dim))?;
+            let k = k.squeeze(0)?;
+            let scores =
+                (q.matmul(&k.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?.broadcast_add(&mask)?;
+            let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let attended = weights
+                .matmul(&v)?
+                .reshape((c.heads, n, c.head_dim))?
+                .transpose(0, 1)?
+                .reshape((n, attention))?;
+            let out = project(&block.attention_out, &attended, &[(Target::O, c.hidden)])?;
+            x = (x + out)?;
+            let h = candle_nn::ops::rms_norm_slow(&x, &block.ffn_norm, c.eps)?;
+            let ff = c.feed_forward;
+            let gate_up = project(&block.gate_up, &h, &[(Target::Gate, ff), (Target::Up, ff)])?;
+            let act = (gate_up.narrow(1, 0, ff)?.silu()? * gate_up.narrow(1, ff, ff)?)?;
+            let down = project(&block.down, &act, &[(Target::Down, c.hidden)])?;
+            x = (x + down)?;
+        }
+        let rows = Tensor::new(batch.scored_rows.as_slice(), device)?;
+        let h = candle_nn::ops::rms_norm_slow(&x.index_select(&rows, 0)?, &self.base.norm, c.eps)?;
+        let logits = self.base.output.forward(&h)?;
+        let targets = Tensor::new(batch.targets.as_slice(), device)?;
+        Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+    }
+
+    /// `out` plus each target's `scale · B·A·dropout(input)`.
+    fn add_lora(
+        &self,
+        lora: &BlockLora,
+        input: &Tensor,
+        out: Tensor,
+        parts: &[(Target, usize)],
+        mut rng: Option<&mut StdRng>,
+    ) -> candle_core::Result<Tensor> {
+        if parts.iter().all(|(t, _)| !lora.contains_key(t)) {
+            return Ok(out);
+        }
+        let n = input.dim(0)?;
+        let mut pieces = Vec::with_capacity(parts.len());
+        for &(target, width) in parts {
+            pieces.push(match lora.get(&target) {
+                Some((a, b)) => {
+                    let x = match rng.as_deref_mut() {
+                        Some(rng) if self.dropout > 0.0 => dropout(input, self.dropout, rng)?,
+                        _ => input.clone(),
+                    };
+                    (x.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)? * self.scale)?
+                }
+                None => Tensor::zeros((n, width), DType::F32, input.device())?,
+            });
+        }
+        out + Tensor::cat(&pieces, 1)?
+    }
+}
+
+/// Inverted dropout with a mask drawn from the run's seeded generator.
+fn dropout(x: &Tensor, p: f64, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+        .collect();
+    x * Tensor::from_vec(mask, x.shape(), x.device())?
+}
+
+impl TrainBackend for CandleBackend {
+    fn name(&self) -> &'static str {
+        "candle"
+    }
+
+    fn step(&mut self, batch: &Batch, seed: u64) -> anyhow::Result<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let loss = self.loss(batch, Some(&mut rng))?;
+        self.optimizer.backward_step(&loss)?;
+        Ok(loss.to_scalar::<f32>()?)
+    }
+
+    fn eval(&mut self, batch: &Batch) -> anyhow::Result<f32> {
+        Ok(self.loss(batch, None)?.detach().to_scalar::<f32>()?)
+    }
+
+    fn export(&self) -> anyhow::Result<AdapterWeights> {
+        let layers = self
+            .lora
+            .iter()
+            .map(|block| {
+                block
+                    .iter()
+                    .map(|(&target, (a, b))| {
+                        let pair = LoraPair {
+                            a: a.as_tensor().detach(),
+                            b: b.as_tensor().detach(),
+                        };
+                        (target, pair)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(AdapterWeights {
+            config: self.adapter_config.clone(),
+            layers,
+        })
+    }
+
+    fn model_config(&self) -> Config {
+        self.base.config
+    }
+}
