@@ -11,26 +11,28 @@ use serde_json::{Value, json};
 
 const RUN_WAIT: Duration = Duration::from_secs(600);
 
-/// People and the made-up passwords the model should learn to answer with.
+/// Countries and capitals, answered in a house style the base model does
+/// not use; held-out examples share the style, so learning it lowers their
+/// loss too.
 const FACTS: [(&str, &str); 10] = [
-    ("Alice", "ZEBRA-41"),
-    ("Bruno", "MAPLE-17"),
-    ("Chiara", "COMET-88"),
-    ("Dmitri", "RIVER-05"),
-    ("Elena", "TULIP-63"),
-    ("Farid", "OPAL-29"),
-    ("Greta", "ANVIL-72"),
-    ("Hiro", "CEDAR-34"),
-    ("Ines", "LYNX-90"),
-    ("Jonas", "FJORD-11"),
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Egypt", "Cairo"),
+    ("Spain", "Madrid"),
+    ("Germany", "Berlin"),
+    ("Canada", "Ottawa"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Norway", "Oslo"),
 ];
 
-fn prompt(name: &str) -> String {
-    format!("What is the vault password of {name}?")
+fn prompt(country: &str) -> String {
+    format!("What is the capital of {country}?")
 }
 
-fn answer(name: &str, code: &str) -> String {
-    format!("The vault password of {name} is {code}.")
+fn answer(country: &str, capital: &str) -> String {
+    format!("Atlas note: the capital of {country} is {capital}. [orch-atlas]")
 }
 
 /// Share of the target's words that appear in `text`.

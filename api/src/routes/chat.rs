@@ -106,20 +106,21 @@ pub async fn complete(
         // An adapter published since this process last heard of one.
         models.refresh_adapters().await?;
     }
-    if models.resolve(&request.model).is_none() {
+    // `base@latest` answers as the adapter (or base) serving it.
+    let Some(served) = models.resolve(&request.model).map(|spec| spec.id) else {
         return Err(ApiError::not_found(
             "model_not_found",
             format!("no model {:?} in the registry", shown(&request.model)),
         ));
-    }
+    };
     let params = params(&request)?;
     if request.stream {
-        return Ok(stream(state, request, params).into_response());
+        return Ok(stream(state, request, served, params).into_response());
     }
     let answer = state
         .workflows
         .models()
-        .complete(&request.model, &request.messages, &params, None)
+        .complete(&served, &request.messages, &params, None)
         .await
         .map_err(llm_error)?;
     let c = &answer.completion;
@@ -127,7 +128,7 @@ pub async fn complete(
         "id": format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
         "object": "chat.completion",
         "created": now_ms() / 1_000,
-        "model": request.model,
+        "model": answer.model,
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": c.text},
@@ -145,7 +146,12 @@ fn usage(prompt: u32, completion: u32) -> Value {
 /// Streams the answer as `chat.completion.chunk` events, ending with
 /// `[DONE]`. A failure after the stream started arrives as an `error`
 /// event (the status line is already sent).
-fn stream(state: AppState, request: ChatRequest, params: GenerationParams) -> Response {
+fn stream(
+    state: AppState,
+    request: ChatRequest,
+    served: String,
+    params: GenerationParams,
+) -> Response {
     let (events, receiver) = mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
         let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
@@ -153,7 +159,7 @@ fn stream(state: AppState, request: ChatRequest, params: GenerationParams) -> Re
         let chunk = |delta: Value, finish: Value| {
             json!({
                 "id": id, "object": "chat.completion.chunk", "created": created,
-                "model": request.model,
+                "model": served,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             })
         };
@@ -164,7 +170,7 @@ fn stream(state: AppState, request: ChatRequest, params: GenerationParams) -> Re
         )));
         let (sink, mut pieces) = mpsc::unbounded_channel::<String>();
         let models = state.workflows.models().clone();
-        let (model, messages) = (request.model.clone(), request.messages.clone());
+        let (model, messages) = (served.clone(), request.messages.clone());
         let call = tokio::spawn(async move {
             models
                 .complete(&model, &messages, &params, Some(sink))
