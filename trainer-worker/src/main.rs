@@ -16,6 +16,7 @@ use orchestrator_shared::{
     config::{CommonConfig, TrainerConfig, parse_socket_addr},
     metrics, shutdown, telemetry,
     training::{
+        self,
         backend::Progress,
         runs::RunRow,
         trainer::{Observer, Trainer},
@@ -45,11 +46,12 @@ struct Cli {
     no_progress: bool,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    training::prefer_inline_elementwise();
     telemetry::init_logging();
     telemetry::log_panics_briefly();
-    if let Err(err) = run(Cli::parse()).await {
+    let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+    if let Err(err) = runtime.block_on(run(Cli::parse())) {
         eprintln!("orchestrator-trainer: {err:#}");
         std::process::exit(1);
     }

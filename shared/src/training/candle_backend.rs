@@ -1,81 +1,26 @@
-//! The candle training backend (CPU; CUDA with the `cuda` feature): the base
-//! model in f32, dequantized from its GGUF, frozen; LoRA pairs as the only
-//! variables; AdamW.
-//!
-//! candle's matmul backward also computes the gradient of the weight
-//! operand, which for a frozen weight is as much work as the forward product
-//! and thrown away. Frozen projections therefore run as a custom op whose
-//! backward returns only the input's gradient (about a third less work per
-//! step). Norms, rotary embeddings and softmax use candle's composite
-//! versions, which have backward passes (the fused kernels do not).
+//! The candle training backend (CPU): the base model in f32, dequantized
+//! from its GGUF, frozen; LoRA pairs as the only variables; AdamW. The
+//! projections, norms, rotary embeddings and softmax are the custom ops of
+//! [`super::ops`], which keep the graph small and skip frozen weights'
+//! gradients.
 
 use std::{collections::HashMap, io::Cursor, path::Path};
 
 use anyhow::Context;
-use candle_core::{
-    CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Storage, Tensor, Var,
-    quantized::gguf_file,
-};
+use candle_core::{DType, Device, Tensor, Var, quantized::gguf_file};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{TrainingConfig, backend::TrainBackend, data::Batch};
+use super::{
+    TrainingConfig,
+    backend::TrainBackend,
+    data::Batch,
+    ops::{self, Frozen},
+};
 use crate::llm::{
     llama::{Config, rope_tables},
     lora::{AdapterConfig, AdapterWeights, LoraPair, Target},
 };
-
-/// A projection whose weight never trains.
-struct Frozen {
-    /// (output, input)
-    weight: Tensor,
-}
-
-impl Frozen {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op1(FrozenOp {
-            weight: self.weight.clone(),
-        })
-    }
-}
-
-struct FrozenOp {
-    weight: Tensor,
-}
-
-impl CustomOp1 for FrozenOp {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("frozen-linear needs a contiguous input".into())
-        })?;
-        let input = &storage.as_slice::<f32>()?[start..end];
-        let x = Tensor::from_slice(input, layout.shape(), &Device::Cpu)?;
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
-        let shape = y.shape().clone();
-        let (out, _) = y.storage_and_layout();
-        match &*out {
-            Storage::Cpu(cpu) => Ok((cpu.clone(), shape)),
-            _ => candle_core::bail!("frozen-linear runs on the CPU"),
-        }
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.broadcast_matmul(&self.weight)?))
-    }
-}
 
 struct Block {
     attention_norm: Tensor,
@@ -253,7 +198,7 @@ impl CandleBackend {
                 let out = frozen.forward(input)?;
                 self.add_lora(lora, input, out, parts, rng.as_deref_mut())
             };
-            let h = candle_nn::ops::rms_norm_slow(&x, &block.attention_norm, c.eps)?;
+            let h = ops::rms_norm(&x, &block.attention_norm, c.eps)?;
             let attention = c.heads * c.head_dim;
             let kv = c.kv_heads * c.head_dim;
             let qkv = project(
@@ -268,8 +213,8 @@ impl CandleBackend {
                     .contiguous()?
                     .unsqueeze(0)
             };
-            let q = candle_nn::rotary_emb::rope_i_slow(&heads(0, c.heads)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i_slow(&heads(c.heads, c.kv_heads)?, &cos, &sin)?;
+            let q = ops::rope(&heads(0, c.heads)?, &cos, &sin)?;
+            let k = ops::rope(&heads(c.heads, c.kv_heads)?, &cos, &sin)?;
             let v = heads(c.heads + c.kv_heads, c.kv_heads)?.squeeze(0)?;
             // Query heads sharing a key head are consecutive: fold them into
             // the rows of one product per key head.
@@ -277,7 +222,7 @@ impl CandleBackend {
             let k = k.squeeze(0)?;
             let scores =
                 (q.matmul(&k.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?.broadcast_add(&mask)?;
-            let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let weights = ops::softmax(&scores)?;
             let attended = weights
                 .matmul(&v)?
                 .reshape((c.heads, n, c.head_dim))?
@@ -285,7 +230,7 @@ impl CandleBackend {
                 .reshape((n, attention))?;
             let out = project(&block.attention_out, &attended, &[(Target::O, c.hidden)])?;
             x = (x + out)?;
-            let h = candle_nn::ops::rms_norm_slow(&x, &block.ffn_norm, c.eps)?;
+            let h = ops::rms_norm(&x, &block.ffn_norm, c.eps)?;
             let ff = c.feed_forward;
             let gate_up = project(&block.gate_up, &h, &[(Target::Gate, ff), (Target::Up, ff)])?;
             let act = (gate_up.narrow(1, 0, ff)?.silu()? * gate_up.narrow(1, ff, ff)?)?;
@@ -293,7 +238,7 @@ impl CandleBackend {
             x = (x + down)?;
         }
         let rows = Tensor::new(batch.scored_rows.as_slice(), device)?;
-        let h = candle_nn::ops::rms_norm_slow(&x.index_select(&rows, 0)?, &self.base.norm, c.eps)?;
+        let h = ops::rms_norm(&x.index_select(&rows, 0)?, &self.base.norm, c.eps)?;
         let logits = self.base.output.forward(&h)?;
         let targets = Tensor::new(batch.targets.as_slice(), device)?;
         Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)

@@ -49,6 +49,8 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the trainer runs.
+    orchestrator_shared::training::prefer_inline_elementwise();
     let cli = Cli::parse();
     let config = TrainingConfig {
         rank: cli.rank,
