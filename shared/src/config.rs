@@ -357,6 +357,13 @@ pub struct TrainerConfig {
     #[arg(long, env = "ORCH_TRAIN_NO_AUTO_PROMOTE")]
     pub no_auto_promote: bool,
 
+    /// Self-play when idle: up to this many synthetic examples (a buffered
+    /// question reworded by the current best model, same answer) per
+    /// buffered human example; 0 turns it off.
+    #[arg(long, env = "ORCH_TRAIN_SELF_PLAY", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=16))]
+    pub self_play: u64,
+
     /// JSON file of training settings for runs the trainer starts itself
     /// (rank, alpha, dropout, target_modules, learning_rate, epochs,
     /// batch_size, max_seq_len, eval_fraction, seed; missing ones default).
@@ -400,6 +407,7 @@ impl TrainerConfig {
             batch_threshold: self.batch_threshold,
             auto_promote: !self.no_auto_promote,
             config: self.training()?,
+            self_play: self.self_play,
             adapters_dir: common.data_dir.join("adapters"),
         })
     }

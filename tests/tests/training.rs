@@ -102,6 +102,29 @@ async fn wait_for_run(api: &Api, id: &str, done: &[&str]) -> Value {
     }
 }
 
+/// Waits until the API offers `id` as a model (adapter changes reach a
+/// serving process by notification, a moment after the run ends).
+async fn wait_for_model(api: &Api, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, models) = api.get("/api/v1/models").await;
+        assert_eq!(status, StatusCode::OK, "{models}");
+        if models["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id)
+        {
+            return models;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never listed: {models}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn adapters(api: &Api) -> Vec<Value> {
     let (status, body) = api.get("/api/v1/adapters").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -187,15 +210,8 @@ async fn feedback_becomes_an_adapter_served_as_latest_and_a_worse_run_is_rejecte
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["status"], "active");
     check_peft_files(Path::new(listed[0]["location"].as_str().unwrap()));
-    let (_, models) = api.get("/api/v1/models").await;
-    assert!(
-        models["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["id"] == "smollm2@adapter-v1"),
-        "the scheduler sees the adapter as a model: {models}"
-    );
+    // The scheduler sees the adapter as a model.
+    wait_for_model(&api, "smollm2@adapter-v1").await;
 
     let (after, served_by) = ask(&api, "smollm2@latest", &prompt(name)).await;
     assert_eq!(served_by, "smollm2@adapter-v1");
@@ -472,8 +488,48 @@ async fn a_trainer_killed_mid_run_publishes_nothing_and_another_trainer_finishes
         .collect();
     assert_eq!(dirs, vec![format!("{id}-2")]);
     if run["status"] == "promoted" {
-        // The API heard of the adapter over Redis.
+        // The API hears of the adapter over Redis.
+        wait_for_model(&api, "smollm2@adapter-v1").await;
         let (_, served_by) = ask(&api, "smollm2@latest", &prompt(FACTS[0].0)).await;
         assert_eq!(served_by, "smollm2@adapter-v1");
     }
+}
+
+#[tokio::test]
+async fn self_play_adds_reworded_synthetic_examples_counted_apart() {
+    let setup = Setup::new(Backend::Embedded)
+        .env("ORCH_TRAIN_POLL_MS", "200")
+        .env("ORCH_TRAIN_SELF_PLAY", "1")
+        .env("ORCH_TRAIN_BATCH_THRESHOLD", "1000");
+    let api = setup.start_api(&[]).await;
+    give_feedback(&api, &FACTS[..2]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // One synthetic example per human one, then self-play stops.
+    while buffered(&api).await < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "self-play added nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        buffered(&api).await,
+        4,
+        "at most one synthetic per human example"
+    );
+    let (status, run) = api
+        .post("/api/v1/training/runs", &json!({"config": {"epochs": 1}}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    assert_eq!(
+        (run["examples"].clone(), run["synthetic_examples"].clone()),
+        (json!(4), json!(2))
+    );
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains("orchestrator_feedback_total{origin=\"synthetic\",example=\"true\"} 2"),
+        "synthetic feedback is counted apart"
+    );
+    assert!(metrics.contains("orchestrator_feedback_total{origin=\"human\",example=\"true\"} 2"));
 }

@@ -232,7 +232,7 @@ pub async fn promote(
     let adapter = adapters::promote(state.store.connection(), &id)
         .await
         .map_err(change_error)?;
-    announce(&state, &adapter.base_model).await;
+    announce(&state, &adapter.base_model).await?;
     Ok(Json(adapter.into()))
 }
 
@@ -257,7 +257,7 @@ pub async fn rollback(
     let active = adapters::rollback(state.store.connection(), &id)
         .await
         .map_err(change_error)?;
-    announce(&state, &base).await;
+    announce(&state, &base).await?;
     Ok(Json(json!({
         "retired": id,
         "active": active.map(AdapterView::from),
@@ -293,10 +293,13 @@ fn change_error(err: ChangeError) -> ApiError {
     }
 }
 
-/// Tells every serving process (this one included) to reload adapters.
-async fn announce(state: &AppState, base_model: &str) {
+/// Reloads this process's adapter table before answering (so its next
+/// request sees the change) and tells every other serving process.
+async fn announce(state: &AppState, base_model: &str) -> ApiResult<()> {
+    state.workflows.models().refresh_adapters().await?;
     state
         .adapter_notices
         .publish(base_model, json!({"changed": true}))
         .await;
+    Ok(())
 }

@@ -198,6 +198,41 @@ impl Feedback {
         })
     }
 
+    /// Buffered examples of `base_model` given by people, and made up by the
+    /// trainer (self-play), counted apart.
+    pub async fn buffered_by_origin(&self, base_model: &str) -> anyhow::Result<(u64, u64)> {
+        let count = |synthetic: bool| {
+            waiting(base_model)
+                .filter(feedback::Column::Synthetic.eq(synthetic))
+                .count(&self.db)
+        };
+        Ok((count(false).await?, count(true).await?))
+    }
+
+    /// The `nth` (wrapping) buffered human example of `base_model`.
+    pub async fn buffered_human(
+        &self,
+        base_model: &str,
+        nth: u64,
+    ) -> anyhow::Result<Option<Example>> {
+        let (human, _) = self.buffered_by_origin(base_model).await?;
+        if human == 0 {
+            return Ok(None);
+        }
+        let row = waiting(base_model)
+            .filter(feedback::Column::Synthetic.eq(false))
+            .offset(nth % human)
+            .one(&self.db)
+            .await?;
+        Ok(row.and_then(|r| {
+            Some(Example {
+                prompt: r.prompt,
+                target: r.target?,
+                synthetic: false,
+            })
+        }))
+    }
+
     /// Hands up to `limit` buffered examples of `base_model` to run `run_id`
     /// inside `txn`: their rows name the run, so they leave the buffer when
     /// `txn` commits. Returns the examples and their buffer entries, which

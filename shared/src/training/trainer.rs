@@ -32,12 +32,12 @@ use super::{
     backend::{self, Progress, Trained},
     candle_backend::CandleBackend,
     data,
-    feedback::Feedback,
+    feedback::{Feedback, GOOD_RATING, MAX_TEXT_BYTES, NewFeedback},
     runs::{self, CreateError, Outcome, RunRow, status},
 };
 use crate::{
     events::Events,
-    metrics::{TRAINING_LOSS, TRAINING_RUNS, TRAINING_TOKENS_PER_SEC},
+    metrics::{FEEDBACK, TRAINING_LOSS, TRAINING_RUNS, TRAINING_TOKENS_PER_SEC},
     models::Models,
 };
 
@@ -56,6 +56,9 @@ pub struct Settings {
     pub auto_promote: bool,
     /// Settings of runs the trainer starts itself.
     pub config: TrainingConfig,
+    /// Self-play: when idle, up to this many synthetic examples per buffered
+    /// human example (0: off).
+    pub self_play: u64,
     /// Where adapter directories go.
     pub adapters_dir: PathBuf,
 }
@@ -124,7 +127,9 @@ impl Trainer {
             return Ok(true);
         }
         for base in self.models.trainable() {
-            if self.feedback.buffered(&base.id).await? < self.settings.batch_threshold {
+            // Only people's examples fill the buffer; self-play's ride along.
+            let (human, _) = self.feedback.buffered_by_origin(&base.id).await?;
+            if human < self.settings.batch_threshold {
                 continue;
             }
             match runs::create(&self.feedback, &base.id, &self.settings.config, "threshold").await {
@@ -135,6 +140,66 @@ impl Trainer {
                 Err(CreateError::Busy(_) | CreateError::TooFew(_)) => {}
                 Err(CreateError::Store(err)) => return Err(err),
             }
+        }
+        if self.settings.self_play > 0 {
+            return self.play().await;
+        }
+        Ok(false)
+    }
+
+    /// Self-play: the current best model (`base@latest`) rewords the prompt
+    /// of a buffered human example, and the rewording with the same target
+    /// joins the buffer as a synthetic example, so a run sees each lesson
+    /// asked more than one way. Synthetic examples are counted apart
+    /// everywhere (feedback metric, run's `synthetic_examples`) and never
+    /// start a run on their own.
+    async fn play(&self) -> anyhow::Result<bool> {
+        for base in self.models.trainable() {
+            let (human, synthetic) = self.feedback.buffered_by_origin(&base.id).await?;
+            if human == 0 || synthetic >= human * self.settings.self_play {
+                continue;
+            }
+            let Some(example) = self.feedback.buffered_human(&base.id, synthetic).await? else {
+                continue;
+            };
+            let ask = format!(
+                "Rewrite this question in other words. Reply with the rewritten question only.\n\nQuestion: {}",
+                example.prompt
+            );
+            let params = crate::llm::GenerationParams {
+                max_tokens: 64,
+                temperature: 0.8,
+                seed: synthetic,
+                ..Default::default()
+            };
+            let answer = self
+                .models
+                .complete(
+                    &format!("{}@latest", base.id),
+                    &[crate::llm::ChatMessage::new("user", ask)],
+                    &params,
+                    None,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("self-play: {e}"))?;
+            let reworded = answer.completion.text.trim().to_string();
+            if reworded.is_empty() || reworded == example.prompt || reworded.len() > MAX_TEXT_BYTES
+            {
+                continue;
+            }
+            self.feedback
+                .add(NewFeedback {
+                    task_id: None,
+                    base_model: base.id.clone(),
+                    prompt: reworded,
+                    response: Some(example.target),
+                    rating: GOOD_RATING,
+                    correction: None,
+                    synthetic: true,
+                })
+                .await?;
+            metrics::counter!(FEEDBACK, "origin" => "synthetic", "example" => "true").increment(1);
+            return Ok(true);
         }
         Ok(false)
     }
@@ -338,6 +403,10 @@ impl Trainer {
             return Ok(None);
         }
         txn.commit().await?;
+        // This process serves the change at once; others on the notice.
+        if let Err(err) = self.models.refresh_adapters().await {
+            tracing::warn!(%err, "reloading adapters failed");
+        }
         tracing::info!(
             run = %run.id, adapter = %adapter.id, state = adapter_state,
             eval_before = trained.eval_before, eval_after = trained.eval_after,
