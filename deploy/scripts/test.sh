@@ -14,3 +14,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+# The MLX training backend (cargo feature `mlx`) on MLX's CPU build from
+# PyPI: built against it and checked against the candle backend.
+eval "$(bash deploy/scripts/setup-mlx.sh)"
+ORCH_MODELS_DIR="$PWD/models" cargo test -p orchestrator-shared --features mlx --lib mlx_backend

@@ -364,6 +364,11 @@ pub struct TrainerConfig {
           value_parser = clap::value_parser!(u64).range(0..=16))]
     pub self_play: u64,
 
+    /// Which backend trains: candle (CPU, every build) or mlx (builds with
+    /// the `mlx` feature).
+    #[arg(long, env = "ORCH_TRAIN_BACKEND", value_enum, default_value = "candle")]
+    pub train_backend: crate::training::backend::BackendKind,
+
     /// JSON file of training settings for runs the trainer starts itself
     /// (rank, alpha, dropout, target_modules, learning_rate, epochs,
     /// batch_size, max_seq_len, eval_fraction, seed; missing ones default).
@@ -400,6 +405,7 @@ impl TrainerConfig {
         common: &CommonConfig,
         owner: String,
     ) -> anyhow::Result<crate::training::trainer::Settings> {
+        self.train_backend.check_available()?;
         Ok(crate::training::trainer::Settings {
             owner,
             lease: Duration::from_millis(self.train_lease_ms),
@@ -408,6 +414,7 @@ impl TrainerConfig {
             auto_promote: !self.no_auto_promote,
             config: self.training()?,
             self_play: self.self_play,
+            backend: self.train_backend,
             adapters_dir: common.data_dir.join("adapters"),
         })
     }

@@ -2,7 +2,7 @@
 //! of seeded shuffled batches, held-out loss after. A backend does only the
 //! tensor work (forward, backward, optimizer step, export).
 
-use std::time::Instant;
+use std::{path::Path, time::Instant};
 
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,58 @@ pub trait TrainBackend {
     /// The trained adapter, in the base model's row order.
     fn export(&self) -> anyhow::Result<AdapterWeights>;
     fn model_config(&self) -> Config;
+}
+
+/// Which backend does the tensor work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// candle on the CPU (every build).
+    Candle,
+    /// Apple's MLX (builds with the `mlx` feature; Metal on Apple silicon).
+    Mlx,
+}
+
+impl BackendKind {
+    /// Refuses a backend this build does not have.
+    pub fn check_available(self) -> anyhow::Result<()> {
+        if self == BackendKind::Mlx && !cfg!(feature = "mlx") {
+            anyhow::bail!(
+                "ORCH_TRAIN_BACKEND: this build has no MLX backend (build with --features mlx)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A backend of `kind` set up for a run, continuing from the adapter in
+/// `start_from` when given.
+pub fn open(
+    kind: BackendKind,
+    gguf: &Path,
+    base_model: &str,
+    config: &TrainingConfig,
+    start_from: Option<&Path>,
+) -> anyhow::Result<Box<dyn TrainBackend>> {
+    kind.check_available()?;
+    match kind {
+        BackendKind::Candle => {
+            let mut backend = super::candle_backend::CandleBackend::new(gguf, base_model, config)?;
+            if let Some(dir) = start_from {
+                backend.load_adapter(dir)?;
+            }
+            Ok(Box::new(backend))
+        }
+        #[cfg(feature = "mlx")]
+        BackendKind::Mlx => {
+            let mut backend = super::mlx_backend::MlxBackend::new(gguf, base_model, config)?;
+            if let Some(dir) = start_from {
+                backend.load_adapter(dir)?;
+            }
+            Ok(Box::new(backend))
+        }
+        #[cfg(not(feature = "mlx"))]
+        BackendKind::Mlx => unreachable!("refused by check_available"),
+    }
 }
 
 /// A run's progress, stored with the run and shown by the API.

@@ -42,55 +42,100 @@ struct Base {
     sin: Tensor,
 }
 
-impl Base {
-    fn load(gguf: &Path, max_positions: usize) -> anyhow::Result<Self> {
+/// A llama model's weights in f32, dequantized from its GGUF, with q/k/v and
+/// gate/up stacked into one matrix each (rows of q, k, v in that order).
+/// Shared by the training backends, so they start from the same numbers.
+pub(crate) struct BaseWeights {
+    pub config: Config,
+    pub embeddings: Tensor,
+    pub blocks: Vec<BlockWeights>,
+    pub norm: Tensor,
+    /// None when the model ties its output projection to the embeddings.
+    pub output: Option<Tensor>,
+}
+
+/// One block's weights; projections are (output, input).
+pub(crate) struct BlockWeights {
+    pub attention_norm: Tensor,
+    pub qkv: Tensor,
+    pub attention_out: Tensor,
+    pub ffn_norm: Tensor,
+    pub gate_up: Tensor,
+    pub down: Tensor,
+}
+
+impl BaseWeights {
+    pub fn load(gguf: &Path) -> anyhow::Result<Self> {
         let bytes =
             std::fs::read(gguf).with_context(|| format!("cannot read {}", gguf.display()))?;
         let mut reader = Cursor::new(bytes);
         let content = gguf_file::Content::read(&mut reader)
             .with_context(|| format!("{} is not a GGUF file", gguf.display()))?;
         let config = Config::from_gguf(&content)?;
-        let mut tensor = |name: &str| -> anyhow::Result<Tensor> {
-            Ok(content
-                .tensor(&mut reader, name, &Device::Cpu)
-                .with_context(|| format!("GGUF lacks {name}"))?
-                .dequantize(&Device::Cpu)?)
-        };
-        let mut stacked = |names: &[&str]| -> anyhow::Result<Frozen> {
+        let mut stacked = |names: &[&str]| -> anyhow::Result<Tensor> {
             let parts = names
                 .iter()
-                .map(|n| tensor(n))
+                .map(|name| {
+                    Ok(content
+                        .tensor(&mut reader, name, &Device::Cpu)
+                        .with_context(|| format!("GGUF lacks {name}"))?
+                        .dequantize(&Device::Cpu)?)
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            Ok(Frozen {
-                weight: Tensor::cat(&parts, 0)?,
-            })
+            Ok(Tensor::cat(&parts, 0)?)
         };
         let mut blocks = Vec::with_capacity(config.blocks);
         for b in 0..config.blocks {
             let name = |suffix: &str| format!("blk.{b}.{suffix}.weight");
-            blocks.push(Block {
-                attention_norm: stacked(&[&name("attn_norm")])?.weight,
+            blocks.push(BlockWeights {
+                attention_norm: stacked(&[&name("attn_norm")])?,
                 qkv: stacked(&[&name("attn_q"), &name("attn_k"), &name("attn_v")])?,
                 attention_out: stacked(&[&name("attn_output")])?,
-                ffn_norm: stacked(&[&name("ffn_norm")])?.weight,
+                ffn_norm: stacked(&[&name("ffn_norm")])?,
                 gate_up: stacked(&[&name("ffn_gate"), &name("ffn_up")])?,
                 down: stacked(&[&name("ffn_down")])?,
             });
         }
-        let embeddings = stacked(&["token_embd.weight"])?.weight;
+        let embeddings = stacked(&["token_embd.weight"])?;
         let output = match content.tensor_infos.contains_key("output.weight") {
-            true => stacked(&["output.weight"])?,
-            false => Frozen {
-                weight: embeddings.clone(),
-            },
+            true => Some(stacked(&["output.weight"])?),
+            false => None,
         };
-        let norm = stacked(&["output_norm.weight"])?.weight;
-        let (cos, sin) = rope_tables(config.head_dim, config.freq_base, max_positions)?;
+        let norm = stacked(&["output_norm.weight"])?;
         Ok(Self {
             config,
             embeddings,
             blocks,
             norm,
+            output,
+        })
+    }
+}
+
+impl Base {
+    fn load(gguf: &Path, max_positions: usize) -> anyhow::Result<Self> {
+        let weights = BaseWeights::load(gguf)?;
+        let config = weights.config;
+        let frozen = |weight: Tensor| Frozen { weight };
+        let blocks = weights
+            .blocks
+            .into_iter()
+            .map(|b| Block {
+                attention_norm: b.attention_norm,
+                qkv: frozen(b.qkv),
+                attention_out: frozen(b.attention_out),
+                ffn_norm: b.ffn_norm,
+                gate_up: frozen(b.gate_up),
+                down: frozen(b.down),
+            })
+            .collect();
+        let output = frozen(weights.output.unwrap_or_else(|| weights.embeddings.clone()));
+        let (cos, sin) = rope_tables(config.head_dim, config.freq_base, max_positions)?;
+        Ok(Self {
+            config,
+            embeddings: weights.embeddings,
+            blocks,
+            norm: weights.norm,
             output,
             cos,
             sin,
@@ -124,10 +169,7 @@ impl CandleBackend {
             let mut block = HashMap::new();
             for &target in &targets {
                 let (input, output) = target.dims(&base.config);
-                let bound = 1.0 / (input as f32).sqrt();
-                let a: Vec<f32> = (0..config.rank * input)
-                    .map(|_| rng.random_range(-bound..bound))
-                    .collect();
+                let a = lora_a_init(config.rank, input, &mut rng);
                 let a =
                     Var::from_tensor(&Tensor::from_vec(a, (config.rank, input), &Device::Cpu)?)?;
                 let b = Var::zeros((output, config.rank), DType::F32, &Device::Cpu)?;
@@ -276,11 +318,27 @@ impl CandleBackend {
 
 /// Inverted dropout with a mask drawn from the run's seeded generator.
 fn dropout(x: &Tensor, p: f64, rng: &mut StdRng) -> candle_core::Result<Tensor> {
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-        .collect();
+    let mask = dropout_mask(x.elem_count(), p, rng);
     x * Tensor::from_vec(mask, x.shape(), x.device())?
+}
+
+/// A fresh LoRA A (rank × input, row-major): uniform in ±1/√input, PEFT's
+/// Kaiming init. Every backend draws it the same way, so a seed gives the
+/// same start on each.
+pub(crate) fn lora_a_init(rank: usize, input: usize, rng: &mut StdRng) -> Vec<f32> {
+    let bound = 1.0 / (input as f32).sqrt();
+    (0..rank * input)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect()
+}
+
+/// An inverted-dropout mask of `len` factors (0 or 1/(1-p)), shared by the
+/// backends so a step's seed drops the same elements on each.
+pub(crate) fn dropout_mask(len: usize, p: f64, rng: &mut StdRng) -> Vec<f32> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    (0..len)
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+        .collect()
 }
 
 impl TrainBackend for CandleBackend {

@@ -2,8 +2,9 @@
 //! fine-tunes LoRA adapters on a local base model, and the adapters it
 //! publishes are served as models of their own.
 //!
-//! [`backend`] holds the training loop every backend shares and
-//! [`candle_backend`] the default backend's tensor work; [`data`] turns
+//! [`backend`] holds the training loop every backend shares,
+//! [`candle_backend`] the default backend's tensor work and `mlx_backend`
+//! (feature `mlx`) the same on Apple's MLX; [`data`] turns
 //! examples into token sequences with the model's own chat template.
 
 pub mod adapters;
@@ -12,6 +13,8 @@ pub mod candle_backend;
 pub mod config;
 pub mod data;
 pub mod feedback;
+#[cfg(feature = "mlx")]
+pub mod mlx_backend;
 mod ops;
 pub mod runs;
 pub mod trainer;

@@ -29,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     TextFormat, TrainingConfig,
     adapters::{self, status as adapter_status},
-    backend::{self, Progress, Trained},
-    candle_backend::CandleBackend,
+    backend::{self, BackendKind, Progress, Trained},
     data,
     feedback::{Feedback, GOOD_RATING, MAX_TEXT_BYTES, NewFeedback},
     runs::{self, CreateError, Outcome, RunRow, status},
@@ -61,6 +60,7 @@ pub struct Settings {
     pub self_play: u64,
     /// Where adapter directories go.
     pub adapters_dir: PathBuf,
+    pub backend: BackendKind,
 }
 
 /// Sees every step of the run in progress (a terminal progress bar).
@@ -249,16 +249,17 @@ impl Trainer {
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let job = {
             let (stop, base_model) = (stop.clone(), run.base_model.clone());
+            let kind = self.settings.backend;
             tokio::task::spawn_blocking(move || {
-                train_blocking(
-                    &gguf,
-                    &base_model,
-                    &examples,
-                    &config,
-                    start_from,
-                    &stop,
-                    progress_tx,
-                )
+                let job = Job {
+                    kind,
+                    gguf: &gguf,
+                    base_model: &base_model,
+                    examples: &examples,
+                    config: &config,
+                    start_from: start_from.as_deref(),
+                };
+                train_blocking(job, &stop, progress_tx)
             })
         };
         let kept = self.watch(run, progress_rx, &stop, shutdown).await;
@@ -450,16 +451,30 @@ fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
 
+/// What one training thread works on.
+struct Job<'a> {
+    kind: BackendKind,
+    gguf: &'a Path,
+    base_model: &'a str,
+    examples: &'a [data::Example],
+    config: &'a TrainingConfig,
+    start_from: Option<&'a Path>,
+}
+
 /// The training itself, on a blocking thread. None when told to stop.
 fn train_blocking(
-    gguf: &Path,
-    base_model: &str,
-    examples: &[data::Example],
-    config: &TrainingConfig,
-    start_from: Option<PathBuf>,
+    job: Job<'_>,
     stop: &AtomicBool,
     progress: mpsc::UnboundedSender<Progress>,
 ) -> anyhow::Result<Option<Trained>> {
+    let Job {
+        kind,
+        gguf,
+        base_model,
+        examples,
+        config,
+        start_from,
+    } = job;
     let sequences = TextFormat::from_gguf(gguf)?.encode(examples, config.max_seq_len)?;
     anyhow::ensure!(
         sequences.len() >= runs::MIN_RUN_EXAMPLES,
@@ -469,12 +484,9 @@ fn train_blocking(
         config.max_seq_len
     );
     let (train_set, eval_set) = data::split(sequences, config.eval_fraction, config.seed);
-    let mut backend = CandleBackend::new(gguf, base_model, config)?;
-    if let Some(dir) = start_from {
-        backend.load_adapter(&dir)?;
-    }
+    let mut backend = backend::open(kind, gguf, base_model, config, start_from)?;
     let stopped = "stopped";
-    let result = backend::train(&mut backend, &train_set, &eval_set, config, &mut |p| {
+    let result = backend::train(backend.as_mut(), &train_set, &eval_set, config, &mut |p| {
         let _ = progress.send(p.clone());
         if stop.load(Ordering::Relaxed) {
             anyhow::bail!(stopped);
