@@ -214,6 +214,12 @@ async fn openapi_document_describes_the_routes() {
         "/api/v1/jobs/batch",
         "/api/v1/jobs/{id}",
         "/api/v1/queues",
+        "/api/v1/feedback",
+        "/api/v1/training/runs",
+        "/api/v1/training/runs/{id}",
+        "/api/v1/adapters",
+        "/api/v1/adapters/{id}/promote",
+        "/api/v1/adapters/{id}/rollback",
         "/ready",
     ] {
         assert!(

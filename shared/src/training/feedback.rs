@@ -270,21 +270,23 @@ impl Feedback {
                 (ids, entries)
             }
         };
-        let rows = feedback::Entity::find()
-            .filter(feedback::Column::Id.is_in(ids))
-            .filter(feedback::Column::RunId.is_null())
-            .filter(feedback::Column::Target.is_not_null())
-            .order_by_asc(feedback::Column::CreatedAtMs)
-            .all(txn)
-            .await?;
-        let taken: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        // Claim first, then read what this run got: a concurrent take that
+        // saw the same rows finds them claimed (`run_id` no longer null).
         feedback::Entity::update_many()
             .col_expr(
                 feedback::Column::RunId,
                 sea_orm::sea_query::Expr::value(run_id.to_string()),
             )
-            .filter(feedback::Column::Id.is_in(taken))
+            .filter(feedback::Column::Id.is_in(ids))
+            .filter(feedback::Column::RunId.is_null())
+            .filter(feedback::Column::Target.is_not_null())
             .exec(txn)
+            .await?;
+        let rows = feedback::Entity::find()
+            .filter(feedback::Column::BaseModel.eq(base_model))
+            .filter(feedback::Column::RunId.eq(run_id))
+            .order_by_asc(feedback::Column::CreatedAtMs)
+            .all(txn)
             .await?;
         let examples = rows
             .into_iter()
