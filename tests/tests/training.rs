@@ -445,11 +445,7 @@ async fn a_trainer_killed_mid_run_publishes_nothing_and_another_trainer_finishes
         .env("ORCH_TRAIN_BATCH_THRESHOLD", "1000");
     let api = setup.start_api(&[]).await;
     give_feedback(&api, &FACTS[..6]).await;
-    assert_eq!(
-        buffered(&api).await,
-        6,
-        "the Redis stream holds the examples"
-    );
+    assert_eq!(buffered(&api).await, 6, "six examples buffered");
     let (status, run) = api
         .post(
             "/api/v1/training/runs",

@@ -12,7 +12,10 @@ use super::{
     TrainingConfig,
     data::{Batch, Sequence},
 };
-use crate::llm::{llama::Config, lora::AdapterWeights};
+use crate::llm::{
+    llama::Config,
+    lora::{AdapterConfig, AdapterWeights, LoraPair, Target},
+};
 
 /// What a backend does with tensors.
 pub trait TrainBackend {
@@ -25,6 +28,28 @@ pub trait TrainBackend {
     /// The trained adapter, in the base model's row order.
     fn export(&self) -> anyhow::Result<AdapterWeights>;
     fn model_config(&self) -> Config;
+    /// The LoRA shape being trained.
+    fn adapter_config(&self) -> &AdapterConfig;
+    /// Overwrites one LoRA pair (GGUF row order).
+    fn set_pair(&mut self, layer: usize, target: Target, pair: &LoraPair) -> anyhow::Result<()>;
+}
+
+/// Continues training from the saved adapter in `dir`, which must have the
+/// backend's rank and targets.
+pub fn load_adapter(backend: &mut dyn TrainBackend, dir: &Path) -> anyhow::Result<()> {
+    let saved = AdapterWeights::load(dir, &backend.model_config())?;
+    let wanted = backend.adapter_config();
+    anyhow::ensure!(
+        saved.config.r == wanted.r && saved.config.target_modules == wanted.target_modules,
+        "the adapter in {} has another rank or targets",
+        dir.display()
+    );
+    for (layer, pairs) in saved.layers.iter().enumerate() {
+        for (&target, pair) in pairs {
+            backend.set_pair(layer, target, pair)?;
+        }
+    }
+    Ok(())
 }
 
 /// Which backend does the tensor work.
@@ -58,25 +83,21 @@ pub fn open(
     start_from: Option<&Path>,
 ) -> anyhow::Result<Box<dyn TrainBackend>> {
     kind.check_available()?;
-    match kind {
-        BackendKind::Candle => {
-            let mut backend = super::candle_backend::CandleBackend::new(gguf, base_model, config)?;
-            if let Some(dir) = start_from {
-                backend.load_adapter(dir)?;
-            }
-            Ok(Box::new(backend))
-        }
+    let mut backend: Box<dyn TrainBackend> = match kind {
+        BackendKind::Candle => Box::new(super::candle_backend::CandleBackend::new(
+            gguf, base_model, config,
+        )?),
         #[cfg(feature = "mlx")]
-        BackendKind::Mlx => {
-            let mut backend = super::mlx_backend::MlxBackend::new(gguf, base_model, config)?;
-            if let Some(dir) = start_from {
-                backend.load_adapter(dir)?;
-            }
-            Ok(Box::new(backend))
-        }
+        BackendKind::Mlx => Box::new(super::mlx_backend::MlxBackend::new(
+            gguf, base_model, config,
+        )?),
         #[cfg(not(feature = "mlx"))]
         BackendKind::Mlx => unreachable!("refused by check_available"),
+    };
+    if let Some(dir) = start_from {
+        load_adapter(backend.as_mut(), dir)?;
     }
+    Ok(backend)
 }
 
 /// A run's progress, stored with the run and shown by the API.

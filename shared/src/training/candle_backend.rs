@@ -203,25 +203,6 @@ impl CandleBackend {
         })
     }
 
-    /// Continues from a saved adapter of the same shape.
-    pub fn load_adapter(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let saved = AdapterWeights::load(dir, &self.base.config)?;
-        anyhow::ensure!(
-            saved.config.r == self.adapter_config.r
-                && saved.config.target_modules == self.adapter_config.target_modules,
-            "the adapter in {} has another rank or targets",
-            dir.display()
-        );
-        for (vars, pairs) in self.lora.iter().zip(&saved.layers) {
-            for (target, (a, b)) in vars {
-                let pair = pairs.get(target).context("adapter lacks a target")?;
-                a.set(&pair.a)?;
-                b.set(&pair.b)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Mean cross-entropy over the batch's scored tokens. With `rng`,
     /// dropout is applied to every LoRA input.
     fn loss(&self, batch: &Batch, mut rng: Option<&mut StdRng>) -> anyhow::Result<Tensor> {
@@ -382,5 +363,16 @@ impl TrainBackend for CandleBackend {
 
     fn model_config(&self) -> Config {
         self.base.config
+    }
+
+    fn adapter_config(&self) -> &AdapterConfig {
+        &self.adapter_config
+    }
+
+    fn set_pair(&mut self, layer: usize, target: Target, pair: &LoraPair) -> anyhow::Result<()> {
+        let (a, b) = self.lora[layer].get(&target).context("no such LoRA pair")?;
+        a.set(&pair.a)?;
+        b.set(&pair.b)?;
+        Ok(())
     }
 }

@@ -190,12 +190,10 @@ impl Feedback {
         })
     }
 
-    /// Examples waiting for a run of `base_model`.
+    /// Examples waiting for a run of `base_model` (the store's rows are the
+    /// truth in both modes; the stream holds their ids in order).
     pub async fn buffered(&self, base_model: &str) -> anyhow::Result<u64> {
-        Ok(match &self.buffer {
-            Buffer::Table => waiting(base_model).count(&self.db).await?,
-            Buffer::Redis { client, prefix } => client.xlen(stream(prefix, base_model)).await?,
-        })
+        Ok(waiting(base_model).count(&self.db).await?)
     }
 
     /// Buffered examples of `base_model` given by people, and made up by the

@@ -377,26 +377,6 @@ impl MlxBackend {
         })
     }
 
-    /// Continues from a saved adapter of the same shape.
-    pub fn load_adapter(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let saved = AdapterWeights::load(dir, &self.base.config)?;
-        anyhow::ensure!(
-            saved.config.r == self.adapter_config.r
-                && saved.config.target_modules == self.adapter_config.target_modules,
-            "the adapter in {} has another rank or targets",
-            dir.display()
-        );
-        for (block, pairs) in saved.layers.iter().enumerate() {
-            for &target in &self.layout.targets {
-                let pair = pairs.get(&target).context("adapter lacks a target")?;
-                let index = self.layout.pair(block, target).context("no such pair")?;
-                self.params[2 * index] = to_array(&pair.a)?;
-                self.params[2 * index + 1] = to_array(&pair.b)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The step's dropout masks, one per pair, drawn in the order the
     /// candle backend draws them (block by block, projections in forward
     /// order), so one seed drops the same elements on both.
@@ -488,6 +468,20 @@ impl TrainBackend for MlxBackend {
 
     fn model_config(&self) -> Config {
         self.base.config
+    }
+
+    fn adapter_config(&self) -> &AdapterConfig {
+        &self.adapter_config
+    }
+
+    fn set_pair(&mut self, layer: usize, target: Target, pair: &LoraPair) -> anyhow::Result<()> {
+        let index = self
+            .layout
+            .pair(layer, target)
+            .context("no such LoRA pair")?;
+        self.params[2 * index] = to_array(&pair.a)?;
+        self.params[2 * index + 1] = to_array(&pair.b)?;
+        Ok(())
     }
 }
 

@@ -159,7 +159,11 @@ impl Trainer {
             if human == 0 || synthetic >= human * self.settings.self_play {
                 continue;
             }
-            let Some(example) = self.feedback.buffered_human(&base.id, synthetic).await? else {
+            let Some(example) = self
+                .feedback
+                .buffered_human(&base.id, synthetic % human)
+                .await?
+            else {
                 continue;
             };
             let ask = format!(
