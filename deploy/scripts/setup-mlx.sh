@@ -23,7 +23,10 @@ fi
 # Debian packages: cmake builds mlx-c, libclang lets bindgen read its headers.
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+# bindgen loads libclang.so itself; libclang-cpp (which other packages pull
+# in) is a different library and does not count.
+ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1 ||
+  missing+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
