@@ -188,7 +188,9 @@ impl Registry {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            let partial = path.with_extension("toml.partial");
+            // One partial file per process: processes starting together on
+            // a fresh data directory each rename their own complete copy.
+            let partial = path.with_extension(format!("toml.{}.partial", std::process::id()));
             std::fs::write(&partial, DEFAULT_REGISTRY)
                 .with_context(|| format!("cannot write {}", partial.display()))?;
             std::fs::rename(&partial, path)

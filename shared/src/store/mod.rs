@@ -62,10 +62,35 @@ impl Store {
         options
             .max_connections(8)
             .connect_timeout(Duration::from_secs(5))
-            .sqlx_logging(false);
-        let db = Database::connect(options)
-            .await
-            .with_context(|| format!("cannot connect to the store at {}", redact_url(url)))?;
+            .sqlx_logging(false)
+            // As the queue file: WAL so readers never wait for the writer,
+            // one fsync per checkpoint instead of per commit (a crash can
+            // lose the last commits, never corrupt), and writers from other
+            // processes wait their turn instead of failing.
+            .map_sqlx_sqlite_opts(|opts| {
+                opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(30))
+            });
+        // Processes opening a fresh SQLite file together race to switch it
+        // to WAL, which needs the file to themselves for a moment: the
+        // losers retry.
+        let mut attempt = 1;
+        let db = loop {
+            match Database::connect(options.clone()).await {
+                Ok(db) => break db,
+                Err(err) if attempt < 10 && url.starts_with("sqlite:") => {
+                    tracing::debug!("store connection attempt {attempt} failed ({err}); retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    attempt += 1;
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!("cannot connect to the store at {}", redact_url(url))
+                    });
+                }
+            }
+        };
         migrate(&db).await?;
         Ok(Self { db })
     }
