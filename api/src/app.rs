@@ -14,7 +14,7 @@ use utoipa::{
 use crate::{
     auth::{self, ApiKeys},
     error::{ErrorBody, ErrorDetail},
-    routes::{chat, dead, health, jobs, models, packs, queues, training, workflows},
+    routes::{campaigns, chat, dead, health, jobs, models, packs, queues, training, workflows},
     state::AppState,
 };
 
@@ -41,6 +41,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
         workflows::create, workflows::get_workflow, models::list,
         training::feedback, training::create_run, training::list_runs, training::get_run,
         training::list_adapters, training::promote, training::rollback,
+        campaigns::create, campaigns::list, campaigns::get_campaign, campaigns::results,
+        campaigns::pause, campaigns::resume, campaigns::stop, campaigns::scale,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -104,6 +106,16 @@ pub fn router(state: AppState, keys: ApiKeys) -> Router {
         .route("/v1/adapters", get(training::list_adapters))
         .route("/v1/adapters/{id}/promote", post(training::promote))
         .route("/v1/adapters/{id}/rollback", post(training::rollback))
+        .route(
+            "/v1/campaigns",
+            post(campaigns::create).get(campaigns::list),
+        )
+        .route("/v1/campaigns/{id}", get(campaigns::get_campaign))
+        .route("/v1/campaigns/{id}/results", get(campaigns::results))
+        .route("/v1/campaigns/{id}/pause", post(campaigns::pause))
+        .route("/v1/campaigns/{id}/resume", post(campaigns::resume))
+        .route("/v1/campaigns/{id}/stop", post(campaigns::stop))
+        .route("/v1/campaigns/{id}/scale", post(campaigns::scale))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .layer(middleware::from_fn_with_state(
             keys.clone(),

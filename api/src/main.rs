@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::ApiKeys,
-    state::{AppState, Training},
+    state::{AppState, Domains, Training},
 };
 
 #[derive(Debug, Parser)]
@@ -134,6 +134,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
+    // Campaign lifecycles are settled by every serving process; embedded
+    // mode also runs the campaign workers here.
+    let campaigns = services.campaigns.clone();
+    campaigns.resume_queues().await?;
+    campaigns.supervise(embedded && !cli.no_workers, shutdown_token.clone());
+
     let training_defaults = cli.trainer.training()?;
     if embedded && !cli.no_trainer {
         let owner = format!(
@@ -158,8 +164,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         store,
         backend,
         handlers,
-        services.memory,
-        services.workflows,
+        Domains {
+            memory: services.memory,
+            workflows: services.workflows,
+            campaigns: services.campaigns,
+        },
         cli.index_roots,
         Training {
             feedback: services.feedback,

@@ -3,6 +3,7 @@
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use orchestrator_shared::{
+    campaign::Campaigns,
     events::Events,
     jobs::JobHandler,
     memory::Memory,
@@ -27,6 +28,14 @@ pub struct AppState {
     pub adapter_notices: Arc<Events>,
     /// Settings of runs started without any.
     pub training_defaults: Arc<TrainingConfig>,
+    pub campaigns: Arc<Campaigns>,
+}
+
+/// The services behind the memory, workflow and campaign routes.
+pub struct Domains {
+    pub memory: Arc<Memory>,
+    pub workflows: Arc<Workflows>,
+    pub campaigns: Arc<Campaigns>,
 }
 
 /// The learning half of the state.
@@ -41,8 +50,7 @@ impl AppState {
         store: Store,
         queue: Arc<dyn QueueBackend>,
         handlers: Vec<Arc<dyn JobHandler>>,
-        memory: Arc<Memory>,
-        workflows: Arc<Workflows>,
+        domains: Domains,
         index_roots: Vec<PathBuf>,
         training: Training,
     ) -> Self {
@@ -50,12 +58,13 @@ impl AppState {
             store,
             queue,
             handlers: Arc::new(handlers.into_iter().map(|h| (h.queue(), h)).collect()),
-            memory,
-            workflows,
+            memory: domains.memory,
+            workflows: domains.workflows,
             index_roots: Arc::new(index_roots),
             feedback: training.feedback,
             adapter_notices: training.adapter_notices,
             training_defaults: Arc::new(training.defaults),
+            campaigns: domains.campaigns,
         }
     }
 }

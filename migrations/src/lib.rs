@@ -8,6 +8,7 @@ mod m20261124_000001_create_queues;
 mod m20261124_000002_create_context_packs;
 mod m20261124_000003_create_workflows;
 mod m20261124_000004_create_training;
+mod m20261124_000005_create_campaigns;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_create_context_packs::Migration),
             Box::new(m20261124_000003_create_workflows::Migration),
             Box::new(m20261124_000004_create_training::Migration),
+            Box::new(m20261124_000005_create_campaigns::Migration),
         ]
     }
 }

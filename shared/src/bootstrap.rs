@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 
 use crate::{
+    campaign::{Campaigns, slots, store::CampaignStore},
     config::CommonConfig,
     events::Events,
     jobs::{self, JobHandler},
@@ -26,6 +27,8 @@ pub struct Services {
     pub feedback: Arc<Feedback>,
     /// Adapter publications, heard by every serving process.
     pub adapter_notices: Arc<Events>,
+    /// Data-mining campaigns.
+    pub campaigns: Arc<Campaigns>,
     /// Every built-in queue's handler.
     pub handlers: Vec<Arc<dyn JobHandler>>,
 }
@@ -67,7 +70,14 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         Arc::new(events),
     ));
     let _ = workflows_slot.set(workflows.clone());
+    let campaigns = Arc::new(Campaigns::new(
+        CampaignStore::new(store.connection().clone()),
+        queue.clone(),
+        slots::open(config.redis_url.as_deref(), &config.redis_prefix).await?,
+        config.lease(),
+    ));
     Ok(Services {
+        campaigns,
         store,
         queue,
         memory,

@@ -8,6 +8,7 @@
 //! Prometheus names and exporter.
 
 pub mod bootstrap;
+pub mod campaign;
 pub mod config;
 pub mod events;
 pub mod jobs;

@@ -15,6 +15,10 @@ pub const TRAINING_RUNS: &str = "orchestrator_training_runs_total";
 pub const TRAINING_LOSS: &str = "orchestrator_training_loss";
 pub const TRAINING_TOKENS_PER_SEC: &str = "orchestrator_training_tokens_per_second";
 pub const FEEDBACK: &str = "orchestrator_feedback_total";
+pub const CAMPAIGN_OPS: &str = "orchestrator_campaign_ops_total";
+pub const CAMPAIGN_ITEMS: &str = "orchestrator_campaign_items";
+pub const CAMPAIGN_FRONTIER: &str = "orchestrator_campaign_frontier";
+pub const CAMPAIGN_WORKERS: &str = "orchestrator_campaign_workers";
 
 /// Histogram buckets for job durations: from a no-op (microseconds) to a long
 /// model call (minutes).
@@ -60,6 +64,19 @@ fn describe() {
     metrics::describe_counter!(
         FEEDBACK,
         "Feedback received, by origin (human, synthetic) and whether it became an example."
+    );
+    metrics::describe_counter!(
+        CAMPAIGN_OPS,
+        "Campaign operations finished, by campaign and kind (page, sitemap, storybook, or the failure: blocked, robots, http, ...)."
+    );
+    metrics::describe_gauge!(CAMPAIGN_ITEMS, "Distinct items a campaign has stored.");
+    metrics::describe_gauge!(
+        CAMPAIGN_FRONTIER,
+        "URLs a campaign has admitted and not yet finished."
+    );
+    metrics::describe_gauge!(
+        CAMPAIGN_WORKERS,
+        "Workers holding one of a campaign's slots."
     );
     metrics::describe_counter!(JOBS_ENQUEUED, "Jobs accepted into a queue.");
     metrics::describe_counter!(

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 pub use reqwest::StatusCode;
 
 pub mod fake_llm;
+pub mod site;
 
 /// Where the binaries under test are built.
 fn target_dir() -> PathBuf {

@@ -220,6 +220,13 @@ async fn openapi_document_describes_the_routes() {
         "/api/v1/adapters",
         "/api/v1/adapters/{id}/promote",
         "/api/v1/adapters/{id}/rollback",
+        "/api/v1/campaigns",
+        "/api/v1/campaigns/{id}",
+        "/api/v1/campaigns/{id}/results",
+        "/api/v1/campaigns/{id}/pause",
+        "/api/v1/campaigns/{id}/resume",
+        "/api/v1/campaigns/{id}/stop",
+        "/api/v1/campaigns/{id}/scale",
         "/ready",
     ] {
         assert!(

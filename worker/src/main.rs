@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
+    group = clap::ArgGroup::new("work").required(true).multiple(false),
     name = "orchestrator-worker",
     version,
     about = "Master Orchestrator queue worker"
@@ -23,8 +24,17 @@ struct Cli {
     common: CommonConfig,
 
     /// Queues to serve, comma-separated (e.g. noop).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', group = "work")]
     queues: Vec<String>,
+
+    /// Serve one campaign (its id), within its max_workers across the fleet.
+    #[arg(long, group = "work", value_name = "ID")]
+    campaign: Option<String>,
+
+    /// Serve whichever running campaign has the highest priority and a free
+    /// worker slot (the only value is `all`).
+    #[arg(long, group = "work", value_name = "all", value_parser = ["all"])]
+    campaigns: Option<String>,
 
     /// Jobs run at once per queue (default: the queue's registry setting).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -52,6 +62,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .as_deref()
         .map(|raw| parse_socket_addr("ORCH_METRICS_ADDR", raw))
         .transpose()?;
+    if let Some(id) = &cli.campaign
+        && uuid::Uuid::parse_str(id).is_err()
+    {
+        bail!(
+            "--campaign: {id:?} is not a campaign id (a UUID, as POST /api/v1/campaigns returns)"
+        );
+    }
+    let serves_campaigns = cli.campaign.is_some() || cli.campaigns.is_some();
+    if serves_campaigns && cli.common.is_embedded() {
+        bail!(
+            "--campaign/--campaigns need ORCH_REDIS_URL: worker slots are shared through Redis \
+             (in embedded mode the API runs campaign workers itself)"
+        );
+    }
     for name in &cli.queues {
         if !jobs::QUEUES.contains(&name.as_str()) {
             bail!(
@@ -61,11 +85,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     metrics::install();
-    tracing::info!(
-        "starting orchestrator-worker for {}\n{}",
-        cli.queues.join(","),
-        cli.common
-    );
+    let serving = match (&cli.campaign, &cli.campaigns) {
+        (Some(id), _) => format!("campaign {id}"),
+        (None, Some(_)) => "every campaign by priority".to_string(),
+        (None, None) => cli.queues.join(","),
+    };
+    tracing::info!("starting orchestrator-worker for {serving}\n{}", cli.common);
 
     let services = bootstrap::open(&cli.common).await?;
     let (store, backend) = (services.store, services.queue);
@@ -82,6 +107,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("ORCH_METRICS_ADDR: cannot listen on {addr}"))?;
         tokio::spawn(metrics::serve(listener, shutdown_token.clone()));
+    }
+    if serves_campaigns {
+        // Each worker settles the campaign it serves; the API settles them all.
+        let campaigns = services.campaigns.clone();
+        let worker = fleet::worker_id("campaign");
+        tracing::info!(worker = %worker, "campaign worker started");
+        match &cli.campaign {
+            Some(id) => {
+                campaigns.serve(id, &worker, true, &shutdown_token).await?;
+            }
+            None => campaigns.serve_any(&worker, &shutdown_token).await?,
+        }
+        tracing::info!("stopped cleanly");
+        return Ok(());
     }
     fleet::spawn_depth_sampler(backend.clone(), cli.queues.clone(), shutdown_token.clone());
 

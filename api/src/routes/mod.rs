@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod campaigns;
 pub mod chat;
 pub mod dead;
 pub mod health;

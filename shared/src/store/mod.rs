@@ -3,6 +3,9 @@
 //! queue registry; jobs themselves live in the queue backend.
 
 pub mod adapter_entity;
+pub mod campaign_entity;
+pub mod campaign_result_entity;
+pub mod campaign_url_entity;
 pub mod feedback_entity;
 pub mod model_history_entity;
 pub mod pack_entity;
