@@ -2,6 +2,7 @@
 //! context packs ([`packs`]) chunked by [`chunking`], and the memory
 //! [`manager`] that feeds retrieved context to workflow tasks.
 
+mod bert;
 pub mod chunking;
 pub mod embedding;
 pub mod manager;

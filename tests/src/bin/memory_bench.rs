@@ -123,7 +123,7 @@ fn embed(texts: &Path, models_dir: &Path) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({
-            "bench": "embed", "engine": "candle", "texts": lines.len(),
+            "bench": "embed", "engine": "orchestrator", "texts": lines.len(),
             "threads": rayon::current_num_threads(), "load_s": round(load_s),
             "seconds": round(seconds), "embeddings_per_s": round(lines.len() as f64 / seconds),
         })
