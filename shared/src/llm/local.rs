@@ -55,7 +55,7 @@ pub struct Timings {
 impl LocalModel {
     /// Loads a GGUF file. `sessions` bounds how many conversations run at
     /// once.
-    pub fn load(path: &Path, sessions: usize) -> anyhow::Result<Self> {
+    pub fn load(path: &Path, sessions: usize, kernels: llama::Kernels) -> anyhow::Result<Self> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read model weights {}", path.display()))?;
         let mut reader = Cursor::new(bytes);
@@ -74,7 +74,7 @@ impl LocalModel {
             .and_then(|v| v.to_u32().ok())
             .unwrap_or(2_048) as usize;
         let context_window = trained_context.min(MAX_CONTEXT);
-        let weights = llama::Weights::from_gguf(&content, &mut reader, context_window)
+        let weights = llama::Weights::from_gguf(&content, &mut reader, context_window, kernels)
             .with_context(|| format!("loading {}", path.display()))?;
         Ok(Self {
             weights: Arc::new(weights),

@@ -6,6 +6,7 @@
 pub(crate) mod chat_template;
 pub(crate) mod gguf_tokenizer;
 pub(crate) mod llama;
+pub use llama::Kernels;
 pub mod local;
 pub mod lora;
 pub mod remote;
@@ -143,6 +144,24 @@ pub fn check_params(params: &GenerationParams) -> Result<(), String> {
         return Err("stop: at most 4 strings of 1 to 64 bytes".into());
     }
     Ok(())
+}
+
+/// The SmolLM2 GGUF the unit tests run: under `ORCH_TEST_MODELS_DIR`, else
+/// `ORCH_MODELS_DIR`, else the repository's `models/`; fails loudly when
+/// it is missing.
+#[cfg(test)]
+pub(crate) fn test_gguf() -> std::path::PathBuf {
+    let dir = std::env::var_os("ORCH_TEST_MODELS_DIR")
+        .or_else(|| std::env::var_os("ORCH_MODELS_DIR"))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    let path = dir.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run deploy/scripts/fetch-models.sh or set ORCH_MODELS_DIR",
+        path.display()
+    );
+    path
 }
 
 #[cfg(test)]

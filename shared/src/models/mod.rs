@@ -298,6 +298,7 @@ impl Models {
                 .cloned();
         }
         let path = self.weights_path(spec);
+        let kernels = spec.kernels;
         slot.get_or_try_init(|| async move {
             if !path.is_file() {
                 return Err(LlmError::Unavailable(format!(
@@ -305,7 +306,7 @@ impl Models {
                     path.display()
                 )));
             }
-            tokio::task::spawn_blocking(move || LocalModel::load(&path, sessions))
+            tokio::task::spawn_blocking(move || LocalModel::load(&path, sessions, kernels))
                 .await
                 .map_err(|e| LlmError::Unavailable(format!("loading failed: {e}")))?
                 .map(Arc::new)

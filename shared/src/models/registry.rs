@@ -12,6 +12,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::llm::Kernels;
+
 /// The registry shipped with the project.
 pub const DEFAULT_REGISTRY: &str = include_str!("../../../config/models.toml");
 /// Largest registry file read.
@@ -53,6 +55,13 @@ pub struct ModelSpec {
     pub max_concurrency: u32,
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
+    /// Local: the matrix kernels, `fast` or `precise` (see README.md).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kernels: Kernels,
+}
+
+fn is_default(kernels: &Kernels) -> bool {
+    *kernels == Kernels::default()
 }
 
 fn default_context_window() -> u32 {
@@ -114,6 +123,11 @@ impl ModelSpec {
                         || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
                 {
                     return Err(format!("model {id}: api_key_env must be a variable name"));
+                }
+                if self.kernels != Kernels::default() {
+                    return Err(format!(
+                        "model {id}: `kernels` applies to local models only"
+                    ));
                 }
             }
         }
@@ -267,11 +281,31 @@ mod tests {
                 "[[model]]\nid = \"a\"\nprovider = \"local\"\nfile = \"x\"\ncolour = 1",
                 "unknown field",
             ),
+            (
+                "[[model]]\nid = \"a\"\nprovider = \"local\"\nfile = \"x\"\nkernels = \"turbo\"",
+                "expected `fast` or `precise`",
+            ),
+            (
+                "[[model]]\nid = \"a\"\nprovider = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\nkernels = \"precise\"",
+                "local models only",
+            ),
         ];
         for (text, want) in cases {
             let err = Registry::parse(text).unwrap_err();
             assert!(err.contains(want), "{text:?} gave {err:?}, wanted {want:?}");
         }
+    }
+
+    #[test]
+    fn kernels_default_to_fast_and_precise_is_kept() {
+        let text =
+            "[[model]]\nid = \"a\"\nprovider = \"local\"\nfile = \"x\"\nkernels = \"precise\"";
+        assert_eq!(
+            Registry::parse(text).unwrap().models()[0].kernels,
+            Kernels::Precise
+        );
+        let smol = Registry::parse(DEFAULT_REGISTRY).unwrap();
+        assert_eq!(smol.get("smollm2").unwrap().kernels, Kernels::Fast);
     }
 
     #[test]

@@ -487,23 +487,8 @@ impl TrainBackend for MlxBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
     use crate::training::{TextFormat, candle_backend::CandleBackend, data::Example};
-
-    fn gguf() -> PathBuf {
-        let dir = std::env::var_os("ORCH_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
-        let path = dir.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(
-            path.is_file(),
-            "{} is missing: run deploy/scripts/fetch-models.sh or set ORCH_MODELS_DIR",
-            path.display()
-        );
-        path
-    }
 
     fn batch(gguf: &Path, config: &TrainingConfig) -> Batch {
         let examples: Vec<Example> = [
@@ -548,7 +533,7 @@ mod tests {
 
     #[test]
     fn matches_the_candle_backend() {
-        let gguf = gguf();
+        let gguf = crate::llm::test_gguf();
         let config = TrainingConfig {
             // No dropout, so both see the same inputs; every projection
             // trains, so every LoRA path is compared.
@@ -582,7 +567,7 @@ mod tests {
 
     #[test]
     fn dropout_steps_are_seeded() {
-        let gguf = gguf();
+        let gguf = crate::llm::test_gguf();
         let config = TrainingConfig {
             max_seq_len: 64,
             ..TrainingConfig::default()

@@ -1,6 +1,6 @@
 //! `orchestrator-llm-bench`: local inference figures, printed as JSON lines.
 //!
-//! - `generate`: prompt (prefill) and decode tokens/s of the candle local
+//! - `generate`: prompt (prefill) and decode tokens/s of the local
 //!   provider on a GGUF, greedy, for a fixed number of new tokens.
 //! - `tokenize`: the token ids of a text under the GGUF's own tokenizer
 //!   (compared with llama.cpp's by the bench script).
@@ -13,7 +13,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use orchestrator_shared::llm::{ChatMessage, GenerationParams, LocalModel};
+use orchestrator_shared::llm::{ChatMessage, GenerationParams, Kernels, LocalModel};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -35,6 +35,9 @@ enum Bench {
         tokens: u32,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// The local model's matrix kernels (`kernels` in models.toml).
+        #[arg(long, value_enum, default_value_t = KernelsArg::Fast)]
+        kernels: KernelsArg,
     },
     /// Workflows/s through the API, scheduler, queue and workers with a
     /// trivially fast model (a local OpenAI-compatible server).
@@ -59,6 +62,21 @@ enum Bench {
 
 mod workflows;
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KernelsArg {
+    Fast,
+    Precise,
+}
+
+impl From<KernelsArg> for Kernels {
+    fn from(arg: KernelsArg) -> Self {
+        match arg {
+            KernelsArg::Fast => Kernels::Fast,
+            KernelsArg::Precise => Kernels::Precise,
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Generate {
@@ -66,14 +84,15 @@ fn main() -> anyhow::Result<()> {
             prompt,
             tokens,
             rounds,
-        } => generate(&model, &prompt, tokens, rounds),
+            kernels,
+        } => generate(&model, &prompt, tokens, rounds, kernels.into()),
         Bench::Workflows {
             api,
             count,
             concurrency,
         } => tokio::runtime::Runtime::new()?.block_on(workflows::run(&api, count, concurrency)),
         Bench::Tokenize { model, text } => {
-            let model = LocalModel::load(&model, 1)?;
+            let model = LocalModel::load(&model, 1, Kernels::default())?;
             let ids = model
                 .tokenizer()
                 .encode(text, false)
@@ -84,9 +103,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn generate(path: &Path, prompt: &str, tokens: u32, rounds: usize) -> anyhow::Result<()> {
+fn generate(
+    path: &Path,
+    prompt: &str,
+    tokens: u32,
+    rounds: usize,
+    kernels: Kernels,
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let model = Arc::new(LocalModel::load(path, 1)?);
+    let model = Arc::new(LocalModel::load(path, 1, kernels)?);
     let load_s = started.elapsed().as_secs_f64();
     let ids = model.encode_chat(&[ChatMessage::new("user", prompt)])?;
     // Every round decodes exactly `tokens`, past the end of turn, so both
@@ -101,7 +126,8 @@ fn generate(path: &Path, prompt: &str, tokens: u32, rounds: usize) -> anyhow::Re
         println!(
             "{}",
             json!({
-                "engine": "candle",
+                "engine": "orchestrator",
+                "kernels": kernels,
                 "round": round,
                 "load_s": load_s,
                 "prompt_tokens": timings.prompt_tokens,
