@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Local inference and workflow benchmarks, side by side on this machine:
-#   tokens/s: our candle provider vs llama.cpp (llama-cpp-python, built by
+#   tokens/s: our local provider (both `kernels` settings) vs llama.cpp (llama-cpp-python, built by
 #     deploy/bench/llm/setup.sh) on the same SmolLM2 GGUF, same chat prompt,
 #     greedy, the same number of new tokens, 2 threads each; prompt
 #     (prefill) and decode speed, and whether both produced the same text;
@@ -25,8 +25,10 @@ bench=target/release/orchestrator-llm-bench
 
 echo "== generation, ${tokens} new tokens, 2 threads (alternating rounds)" >&2
 for round in 1 2 3; do
-  RAYON_NUM_THREADS=2 "$bench" generate --model "$gguf" --prompt "$prompt" \
-    --tokens "$tokens" --rounds 1
+  for kernels in fast precise; do
+    RAYON_NUM_THREADS=2 "$bench" generate --model "$gguf" --prompt "$prompt" \
+      --tokens "$tokens" --rounds 1 --kernels "$kernels"
+  done
   "$python" deploy/bench/llm/llama_bench.py --model "$gguf" --prompt "$prompt" \
     --tokens "$tokens" --rounds 1 --threads 2 2>/dev/null
 done
