@@ -214,7 +214,7 @@ impl CandleBackend {
         let cos = self.base.cos.index_select(&positions, 0)?;
         let sin = self.base.sin.index_select(&positions, 0)?;
         let group = c.heads / c.kv_heads;
-        let mask = Tensor::from_vec(batch.mask(), (n, n), device)?.repeat((group, 1))?;
+        let masks = causal_masks(&batch.lengths, group)?;
         let mut x = self.base.embeddings.index_select(&tokens, 0)?;
         for (block, lora) in self.base.blocks.iter().zip(&self.lora) {
             let mut project = |frozen: &Frozen, input: &Tensor, parts: &[(Target, usize)]| {
@@ -236,19 +236,10 @@ impl CandleBackend {
                     .contiguous()?
                     .unsqueeze(0)
             };
-            let q = ops::rope(&heads(0, c.heads)?, &cos, &sin)?;
-            let k = ops::rope(&heads(c.heads, c.kv_heads)?, &cos, &sin)?;
+            let q = ops::rope(&heads(0, c.heads)?, &cos, &sin)?.squeeze(0)?;
+            let k = ops::rope(&heads(c.heads, c.kv_heads)?, &cos, &sin)?.squeeze(0)?;
             let v = heads(c.heads + c.kv_heads, c.kv_heads)?.squeeze(0)?;
-            // Query heads sharing a key head are consecutive: fold them into
-            // the rows of one product per key head.
-            let q = q.squeeze(0)?.reshape((c.kv_heads, group * n, c.head_dim))?;
-            let k = k.squeeze(0)?;
-            let scores =
-                (q.matmul(&k.t()?)? * (1.0 / (c.head_dim as f64).sqrt()))?.broadcast_add(&mask)?;
-            let weights = ops::softmax(&scores)?;
-            let attended = weights
-                .matmul(&v)?
-                .reshape((c.heads, n, c.head_dim))?
+            let attended = packed_attention(&q, &k, &v, &batch.lengths, &masks, c)?
                 .transpose(0, 1)?
                 .reshape((n, attention))?;
             let out = project(&block.attention_out, &attended, &[(Target::O, c.hidden)])?;
@@ -295,6 +286,59 @@ impl CandleBackend {
         }
         out + Tensor::cat(&pieces, 1)?
     }
+}
+
+/// Attention of each packed sequence with itself only: products of
+/// Σ len² per head instead of (Σ len)² with a mask blanking the rest.
+/// `q` is (heads, n, head_dim), `k` and `v` (kv_heads, n, head_dim); the
+/// result is (heads, n, head_dim).
+fn packed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    lengths: &[usize],
+    masks: &HashMap<usize, Tensor>,
+    c: Config,
+) -> candle_core::Result<Tensor> {
+    let group = c.heads / c.kv_heads;
+    let scale = 1.0 / (c.head_dim as f64).sqrt();
+    let mut outputs = Vec::with_capacity(lengths.len());
+    let mut start = 0;
+    for &len in lengths {
+        // Query heads sharing a key head are consecutive: fold them into
+        // the rows of one product per key head.
+        let q = q.narrow(1, start, len)?.contiguous()?.reshape((
+            c.kv_heads,
+            group * len,
+            c.head_dim,
+        ))?;
+        let k = k.narrow(1, start, len)?.contiguous()?;
+        let v = v.narrow(1, start, len)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&masks[&len])?;
+        let attended = ops::softmax(&scores)?.matmul(&v)?;
+        outputs.push(attended.reshape((c.heads, len, c.head_dim))?);
+        start += len;
+    }
+    Tensor::cat(&outputs, 1)
+}
+
+/// An additive causal mask per distinct sequence length, for `group` query
+/// heads folded into the rows: (group·len × len).
+fn causal_masks(lengths: &[usize], group: usize) -> candle_core::Result<HashMap<usize, Tensor>> {
+    let mut masks = HashMap::new();
+    for &len in lengths {
+        if masks.contains_key(&len) {
+            continue;
+        }
+        let mask: Vec<f32> = (0..group * len)
+            .flat_map(|row| (0..len).map(move |col| if col <= row % len { 0.0 } else { -1e9 }))
+            .collect();
+        masks.insert(
+            len,
+            Tensor::from_vec(mask, (group * len, len), &Device::Cpu)?,
+        );
+    }
+    Ok(masks)
 }
 
 /// Inverted dropout with a mask drawn from the run's seeded generator.
