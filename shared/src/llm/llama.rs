@@ -113,8 +113,8 @@ impl Projection {
         Ok(projection)
     }
 
-    /// Reads one matrix: Q4_1 and Q8_0 ones through [`Projection::new`],
-    /// anything else as the file holds it.
+    /// Reads one matrix: Q4_1 ones, and Q8_0 ones that need padding,
+    /// through [`Projection::new`]; anything else as the file holds it.
     fn read<R: std::io::Seek + std::io::Read>(
         content: &gguf_file::Content,
         reader: &mut R,
@@ -123,9 +123,8 @@ impl Projection {
     ) -> Result<Self> {
         let tensor = content.tensor(reader, name, &Device::Cpu)?;
         match tensor.dtype() {
-            GgmlDType::Q4_1 | GgmlDType::Q8_0 => {
-                Self::new(&tensor.dequantize(&Device::Cpu)?, pad_for_packed)
-            }
+            GgmlDType::Q4_1 => Self::new(&tensor.dequantize(&Device::Cpu)?, pad_for_packed),
+            GgmlDType::Q8_0 if pad_for_packed => Self::new(&tensor.dequantize(&Device::Cpu)?, true),
             _ => Ok(Self {
                 matmul: QMatMul::from_qtensor(tensor)?,
                 pad: 0,
