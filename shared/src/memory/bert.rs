@@ -481,25 +481,45 @@ pub(crate) mod elementwise {
         }
 
         fn softmax(row: &mut [f32]) {
-            let max = row.iter().fold(f32::MIN, |m, &v| m.max(v));
-            let mut sum = 0.0;
-            for v in row.iter_mut() {
-                *v = exp(*v - max);
-                sum += *v;
-            }
-            let inverse = 1.0 / sum;
+            // Separate passes: a sum carried through the exp loop would
+            // keep it from vectorising.
+            let max = lanes(row, f32::MIN, |m, v| m.max(v)).into_iter().fold(f32::MIN, f32::max);
+            row.iter_mut().for_each(|v| *v = exp(*v - max));
+            let inverse = 1.0 / lanes(row, 0.0, |s, v| s + v).iter().sum::<f32>();
             row.iter_mut().for_each(|v| *v *= inverse);
         }
 
         fn layer_norm(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
             let n = row.len() as f32;
-            let mean = row.iter().sum::<f32>() / n;
-            let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let mean = lanes(row, 0.0, |s, v| s + v).iter().sum::<f32>() / n;
+            let variance = lanes(row, 0.0, |s, v| s + (v - mean) * (v - mean))
+                .iter()
+                .sum::<f32>()
+                / n;
             let inverse = 1.0 / (variance + eps).sqrt();
             for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
                 *v = (*v - mean) * inverse * w + b;
             }
         }
+    }
+
+    /// Folds `values` into 16 independent accumulators, so the compiler
+    /// can keep them in vector registers: a single f32 accumulator is a
+    /// serial chain it may not reorder.
+    #[inline(always)]
+    fn lanes(values: &[f32], start: f32, step: impl Fn(f32, f32) -> f32) -> [f32; 16] {
+        let mut acc = [start; 16];
+        let chunks = values.chunks_exact(16);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            for (a, &v) in acc.iter_mut().zip(chunk) {
+                *a = step(*a, v);
+            }
+        }
+        for (a, &v) in acc.iter_mut().zip(tail) {
+            *a = step(*a, v);
+        }
+        acc
     }
 
     /// erf to within 1e-6 (Eigen's rational approximation on [-4, 4];
@@ -536,7 +556,12 @@ pub(crate) mod elementwise {
         // Round x/ln2 to the nearest integer without a libm call: adding
         // 1.5·2^23 pushes the fraction out of the mantissa.
         const SHIFT: f32 = 12_582_912.0;
-        let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+        let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+        let n = shifted - SHIFT;
+        // The integer n also sits in the low mantissa bits of `shifted`:
+        // reading it there keeps the loop vectorised, where `n as i32`
+        // (a saturating cast) turns into scalar code per element.
+        let n_bits = shifted.to_bits().wrapping_sub(SHIFT.to_bits());
         let r = n.mul_add(-0.693_145_75, x);
         let r = n.mul_add(-1.428_606_8e-6, r);
         let mut p = 1.987_569_1e-4_f32;
@@ -550,7 +575,7 @@ pub(crate) mod elementwise {
             p = p.mul_add(r, c);
         }
         let e_r = (p * r * r) + r + 1.0;
-        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
         e_r * scale
     }
 }
@@ -592,5 +617,43 @@ mod tests {
                 .map(|v| v.exp())
                 .sum::<f32>();
         assert!((row[0] - expected).abs() < 1e-6);
+    }
+
+    #[test]
+    fn long_rows_match_a_double_precision_reference() {
+        // 37 and 384 values: whole 16-lane blocks and a tail.
+        let values: Vec<f32> = (0..37)
+            .map(|i| ((i * 17 % 23) as f32 - 11.0) / 3.0)
+            .collect();
+        let mut row = values.clone();
+        elementwise::softmax(&mut row);
+        let max = values.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+        let total: f64 = values.iter().map(|&v| (v as f64 - max).exp()).sum();
+        for (got, &v) in row.iter().zip(&values) {
+            assert!((*got as f64 - (v as f64 - max).exp() / total).abs() < 1e-6);
+        }
+
+        let values: Vec<f32> = (0..384)
+            .map(|i| ((i * 29 % 31) as f32 - 15.0) / 7.0)
+            .collect();
+        let (weight, bias): (Vec<f32>, Vec<f32>) = (0..384)
+            .map(|i| (1.0 + (i % 5) as f32 / 10.0, (i % 3) as f32 - 1.0))
+            .unzip();
+        let mut row = values.clone();
+        elementwise::layer_norm(&mut row, &weight, &bias, 1e-12);
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / 384.0;
+        let variance = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / 384.0;
+        for (i, got) in row.iter().enumerate() {
+            let expected =
+                (values[i] as f64 - mean) / variance.sqrt() * weight[i] as f64 + bias[i] as f64;
+            assert!(
+                (*got as f64 - expected).abs() < 1e-5,
+                "{i}: {got} vs {expected}"
+            );
+        }
     }
 }
