@@ -1,27 +1,29 @@
 //! The embedded store's in-memory index: every vector in one contiguous
 //! buffer for the exact scan, and, from `ANN_MIN_POINTS` on, an HNSW graph
-//! (usearch) beside it. Slots are reused after removals, so the buffer does
+//! (`hnsw`) beside it. Slots are reused after removals, so the buffer does
 //! not grow with churn.
 
 use std::{cmp::Ordering, collections::BinaryHeap, collections::HashMap};
 
 use rayon::prelude::*;
-use usearch::{IndexOptions, MetricKind, ScalarKind};
 
-use super::{Filter, SearchMode, simd};
+use super::{
+    Filter, SearchMode,
+    hnsw::{self, Hnsw},
+    simd,
+};
 
 /// Below this many candidates an exact scan answers in about a millisecond,
 /// so the graph would only cost memory and build time.
 pub const ANN_MIN_POINTS: usize = 50_000;
-/// HNSW parameters, the same as the faiss peer in the bench. The graph
-/// keeps its own copy of each vector in f16: half the memory traffic per
-/// hop made search 2.3x and the build 2.2x faster than f32, for a recall@10
-/// of 0.994 instead of 0.996 at expansion 32 (100,000 vectors); at the
-/// default 64 it is 0.999.
-/// Exact search still reads the f32 buffer.
-const CONNECTIVITY: usize = 32;
-const EXPANSION_ADD: usize = 128;
-const EXPANSION_SEARCH: usize = 64;
+/// HNSW parameters: M and efConstruction the same as the faiss peer in the
+/// bench. The graph walks i8 codes; its candidates are re-ranked here with
+/// the f32 vectors, so returned scores are exact.
+const ANN_PARAMS: hnsw::Params = hnsw::Params {
+    connectivity: 32,
+    expansion_add: 128,
+    expansion_search: 64,
+};
 /// Slots scanned per rayon task in the exact scan.
 const SCAN_BLOCK: usize = 4096;
 
@@ -102,9 +104,11 @@ pub struct Index {
     by_id: HashMap<uuid::Uuid, u32>,
     symbols: Symbols,
     live: usize,
-    ann: Option<usearch::Index>,
+    ann: Option<Hnsw>,
     /// Set while [`Index::insert_many`] runs: the graph is built at the end.
     deferring_ann: bool,
+    /// [`ANN_MIN_POINTS`], lower in tests.
+    ann_min_points: usize,
 }
 
 impl Index {
@@ -120,6 +124,17 @@ impl Index {
             live: 0,
             ann: None,
             deferring_ann: false,
+            ann_min_points: ANN_MIN_POINTS,
+        }
+    }
+
+    /// An index that builds its graph from `points` on (tests use small
+    /// graphs).
+    #[cfg(test)]
+    fn with_ann_min_points(dimension: usize, points: usize) -> Self {
+        Self {
+            ann_min_points: points,
+            ..Self::new(dimension)
         }
     }
 
@@ -139,19 +154,25 @@ impl Index {
     /// graph exists.
     pub fn set_ann_expansion(&self, expansion: usize) {
         if let Some(ann) = &self.ann {
-            ann.change_expansion_search(expansion);
+            ann.set_expansion_search(expansion);
         }
     }
 
-    /// Inserts many points, then builds the HNSW graph once, in parallel,
-    /// if the index is big enough: much faster than growing the graph one
-    /// point at a time (loading a store from disk goes this way).
+    /// Inserts many points. Without a graph, or when the batch would more
+    /// than double the index, the graph is (re)built once at the end, in
+    /// parallel: much faster than linking one point at a time (loading a
+    /// store from disk goes this way). A smaller batch is linked into the
+    /// existing graph point by point, since a rebuild at a million points
+    /// takes minutes.
     pub fn insert_many<'a>(
         &mut self,
         points: impl IntoIterator<Item = (uuid::Uuid, &'a [f32], &'a str, &'a str, &'a str)>,
     ) -> anyhow::Result<()> {
-        let ann = self.ann.take();
-        self.deferring_ann = true;
+        let points: Vec<_> = points.into_iter().collect();
+        if points.len() > self.live {
+            self.ann = None;
+        }
+        self.deferring_ann = self.ann.is_none();
         let inserted = points
             .into_iter()
             .try_for_each(|(id, vector, pack, source, kind)| {
@@ -159,7 +180,7 @@ impl Index {
             });
         self.deferring_ann = false;
         inserted?;
-        if ann.is_some() || self.live >= ANN_MIN_POINTS {
+        if self.ann.is_none() && self.live >= self.ann_min_points {
             self.build_ann()?;
         }
         Ok(())
@@ -202,50 +223,36 @@ impl Index {
         self.ids[slot as usize] = id;
         self.by_id.insert(id, slot);
         self.live += 1;
-        if let Some(ann) = &self.ann {
-            reserve_for_one_more(ann)?;
-            ann.add(slot as u64, vector)?;
-        } else if self.live >= ANN_MIN_POINTS && !self.deferring_ann {
+        if let Some(ann) = &mut self.ann {
+            ann.insert(slot, vector);
+        } else if self.live >= self.ann_min_points && !self.deferring_ann {
             self.build_ann()?;
         }
         Ok(())
     }
 
-    /// Removes a point if present.
+    /// Removes a point if present. The graph keeps its node as a waypoint
+    /// (searches skip empty slots) until the slot is reused.
     pub fn remove(&mut self, id: &uuid::Uuid) -> anyhow::Result<()> {
         if let Some(slot) = self.by_id.remove(id) {
             self.entries[slot as usize] = None;
             self.free.push(slot);
             self.live -= 1;
-            if let Some(ann) = &self.ann {
-                ann.remove(slot as u64)?;
-            }
         }
         Ok(())
     }
 
-    /// Builds the HNSW graph over every live point, adding in parallel.
+    /// Builds the HNSW graph over every live point, linking in parallel.
     pub fn build_ann(&mut self) -> anyhow::Result<()> {
-        let options = IndexOptions {
-            dimensions: self.dimension,
-            metric: MetricKind::IP,
-            quantization: ScalarKind::F16,
-            connectivity: CONNECTIVITY,
-            expansion_add: EXPANSION_ADD,
-            expansion_search: EXPANSION_SEARCH,
-            multi: false,
-        };
-        let ann = usearch::Index::new(&options)?;
-        let threads = rayon::current_num_threads();
-        ann.reserve_capacity_and_threads(self.entries.len().max(1024), threads)?;
-        let slots: Vec<usize> = (0..self.entries.len())
-            .filter(|&s| self.entries[s].is_some())
+        let slots: Vec<u32> = (0..self.entries.len() as u32)
+            .filter(|&s| self.entries[s as usize].is_some())
             .collect();
-        slots.par_iter().try_for_each(|&slot| {
-            let at = slot * self.dimension;
-            ann.add(slot as u64, &self.vectors[at..at + self.dimension])
-        })?;
-        self.ann = Some(ann);
+        self.ann = Some(Hnsw::build(
+            self.dimension,
+            ANN_PARAMS,
+            &self.vectors,
+            &slots,
+        ));
         Ok(())
     }
 
@@ -265,7 +272,7 @@ impl Index {
         );
         let filter = self.resolve(filter);
         let scored = match (&self.ann, mode) {
-            (Some(ann), SearchMode::Auto) if self.candidates(&filter) >= ANN_MIN_POINTS => {
+            (Some(ann), SearchMode::Auto) if self.candidates(&filter) >= self.ann_min_points => {
                 self.search_ann(ann, query, k, &filter)?
             }
             _ => self.search_exact(query, k, &filter),
@@ -338,33 +345,36 @@ impl Index {
         best.into_sorted_vec()
     }
 
+    /// The graph's candidates (as many as its search breadth), re-ranked by
+    /// their exact f32 scores.
     fn search_ann(
         &self,
-        ann: &usearch::Index,
+        ann: &Hnsw,
         query: &[f32],
         k: usize,
         filter: &ResolvedFilter,
     ) -> anyhow::Result<Vec<Scored>> {
-        let matches = if filter.is_unfiltered() {
-            ann.search(query, k)?
-        } else {
-            ann.filtered_search(query, k, |slot| {
-                self.entries
-                    .get(slot as usize)
-                    .and_then(|e| e.as_ref())
-                    .is_some_and(|e| filter.matches(e))
-            })?
+        let accept = |slot: u32| {
+            self.entries
+                .get(slot as usize)
+                .and_then(|e| e.as_ref())
+                .is_some_and(|e| filter.matches(e))
         };
-        // usearch reports inner-product distance as 1 - similarity.
-        Ok(matches
-            .keys
-            .iter()
-            .zip(&matches.distances)
-            .map(|(&slot, &distance)| Scored {
-                score: 1.0 - distance,
-                slot: slot as u32,
+        let mut scored: Vec<Scored> = ann
+            .search(query, k, &accept)
+            .into_iter()
+            .map(|near| {
+                let at = near.slot as usize * self.dimension;
+                Scored {
+                    score: simd::dot(query, &self.vectors[at..at + self.dimension]),
+                    slot: near.slot,
+                }
             })
-            .collect())
+            .collect();
+        // `Scored` orders the best first.
+        scored.sort_unstable();
+        scored.truncate(k);
+        Ok(scored)
     }
 }
 
@@ -379,31 +389,10 @@ fn push_bounded(heap: &mut BinaryHeap<Scored>, k: usize, scored: Scored) {
     }
 }
 
-fn reserve_for_one_more(ann: &usearch::Index) -> anyhow::Result<()> {
-    if ann.size() + 1 > ann.capacity() {
-        ann.reserve((ann.capacity() * 2).max(1024))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unit(seed: u64, dimension: usize) -> Vec<f32> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let mut v: Vec<f32> = (0..dimension)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= norm);
-        v
-    }
+    use crate::memory::vector::test_vectors::unit;
 
     #[test]
     fn exact_search_finds_the_point_itself_first_and_respects_filters() {
@@ -462,25 +451,50 @@ mod tests {
     }
 
     #[test]
-    fn bulk_inserts_build_the_graph_once_past_the_threshold() {
-        let mut index = Index::new(8);
-        let vectors: Vec<(uuid::Uuid, Vec<f32>)> = (0..ANN_MIN_POINTS as u64 + 10)
-            .map(|i| (uuid::Uuid::now_v7(), unit(i, 8)))
+    fn the_graph_is_built_past_the_threshold_then_follows_changes() {
+        let mut index = Index::with_ann_min_points(16, 2_000);
+        let points: Vec<(uuid::Uuid, Vec<f32>)> = (0..2_010u64)
+            .map(|i| (uuid::Uuid::now_v7(), unit(i, 16)))
             .collect();
-        index
-            .insert_many(
-                vectors
-                    .iter()
-                    .map(|(id, v)| (*id, v.as_slice(), "p", "s", "text")),
-            )
-            .unwrap();
+        let insert = |index: &mut Index, points: &[(uuid::Uuid, Vec<f32>)]| {
+            index
+                .insert_many(
+                    points
+                        .iter()
+                        .map(|(id, v)| (*id, v.as_slice(), "p", "s", "text")),
+                )
+                .unwrap()
+        };
+        let nearest = |index: &Index, probe: &[f32]| {
+            index
+                .search(probe, 1, &Filter::default(), SearchMode::Auto)
+                .unwrap()[0]
+        };
+        insert(&mut index, &points[..1_000]);
+        assert!(!index.has_ann(), "below the threshold a scan is enough");
+        insert(&mut index, &points[1_000..]);
         assert!(index.has_ann());
-        assert_eq!(index.len(), ANN_MIN_POINTS + 10);
-        let (id, probe) = &vectors[123];
-        let hits = index
-            .search(probe, 1, &Filter::default(), SearchMode::Auto)
-            .unwrap();
-        assert_eq!(hits[0].0, *id, "the graph finds a stored point");
+        assert_eq!(nearest(&index, &points[123].1).0, points[123].0);
+
+        // A small batch is linked into the existing graph.
+        let later: Vec<(uuid::Uuid, Vec<f32>)> = (0..20u64)
+            .map(|i| (uuid::Uuid::now_v7(), unit(50_000 + i, 16)))
+            .collect();
+        insert(&mut index, &later);
+        assert!(index.has_ann());
+        for (id, vector) in &later {
+            assert_eq!(nearest(&index, vector).0, *id);
+        }
+
+        // A removed point is never returned; a replaced one (its slot
+        // reused) is found by its new vector, with an exact score.
+        index.remove(&points[123].0).unwrap();
+        assert_ne!(nearest(&index, &points[123].1).0, points[123].0);
+        let moved = unit(90_000, 16);
+        index.insert(points[7].0, &moved, "p", "s", "text").unwrap();
+        let hit = nearest(&index, &moved);
+        assert_eq!(hit.0, points[7].0);
+        assert!((hit.1 - 1.0).abs() < 1e-5, "score {}", hit.1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the same filters, so everything above them is backend-agnostic.
 
 mod embedded;
+mod hnsw;
 pub mod index;
 mod qdrant;
 mod simd;
@@ -114,4 +115,23 @@ pub async fn open(
         Some(url) => Arc::new(QdrantStore::connect(url, qdrant_collection, dimension).await?),
         None => Arc::new(EmbeddedStore::open(&data_dir.join("vectors.db"), dimension).await?),
     })
+}
+
+/// Deterministic pseudo-random unit vectors for the index and graph tests.
+#[cfg(test)]
+pub(crate) mod test_vectors {
+    pub fn unit(seed: u64, dimension: usize) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut v: Vec<f32> = (0..dimension)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    }
 }
