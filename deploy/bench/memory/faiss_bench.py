@@ -13,7 +13,7 @@ import time
 import faiss
 import numpy as np
 
-EF_SEARCH = [16, 32, 64, 128]
+EF_SEARCH = [16, 32, 64, 96, 128, 192, 256]
 M = 32
 EF_CONSTRUCTION = 128  # the same as the Rust index (shared/src/memory/vector/index.rs)
 

@@ -207,7 +207,8 @@ fn search(n: usize, queries: usize, dimension: usize, out: &Path) -> anyhow::Res
     drop(gt);
 
     let mut runs = Vec::new();
-    for expansion in [16, 32, 64, 128] {
+    // The same breadths as deploy/bench/memory/faiss_bench.py.
+    for expansion in [16, 32, 64, 96, 128, 192, 256] {
         index.set_ann_expansion(expansion);
         let started = Instant::now();
         let mut found = 0;
