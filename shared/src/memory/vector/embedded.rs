@@ -101,7 +101,7 @@ impl EmbeddedStore {
             // Removals first: a point removed and then added again is in
             // both lists, and must end up present.
             for id in removed {
-                state.index.remove(&parse_id(&id)?)?;
+                state.index.remove(&parse_id(&id)?);
             }
             let decoded = rows
                 .iter()

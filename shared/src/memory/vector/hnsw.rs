@@ -133,9 +133,6 @@ impl Hnsw {
     pub fn build(dimension: usize, params: Params, vectors: &[f32], slots: &[u32]) -> Self {
         let capacity = vectors.len() / dimension.max(1);
         let mut graph = Self::with_capacity(dimension, params, capacity);
-        for &slot in slots {
-            graph.add_node(slot);
-        }
         // Quantising is independent per node: do it in parallel first.
         graph
             .codes
@@ -153,7 +150,7 @@ impl Hnsw {
 
     fn with_capacity(dimension: usize, params: Params, nodes: usize) -> Self {
         let base_width = 2 * params.connectivity + 1;
-        Self {
+        let mut graph = Self {
             dimension,
             params,
             expansion_search: AtomicUsize::new(params.expansion_search),
@@ -166,7 +163,9 @@ impl Hnsw {
             locks: (0..nodes).map(|_| Mutex::new(())).collect(),
             entry: AtomicU64::new(NO_ENTRY),
             entry_lock: Mutex::new(()),
-        }
+        };
+        (0..nodes as u32).for_each(|slot| graph.add_node(slot));
+        graph
     }
 
     /// Sets the search breadth (recall against speed).
@@ -179,9 +178,6 @@ impl Hnsw {
         let index = slot as usize;
         if index >= self.levels.len() {
             self.grow(index + 1);
-        }
-        if self.levels[index] == 0 && self.upper_links[index].is_none() {
-            self.add_node(slot);
         }
         let at = index * self.dimension;
         self.scales[index] = quantise(vector, &mut self.codes[at..at + self.dimension]);
@@ -210,6 +206,7 @@ impl Hnsw {
 
     fn grow(&mut self, nodes: usize) {
         let base_width = 2 * self.params.connectivity + 1;
+        let old = self.levels.len() as u32;
         self.codes.resize(nodes * self.dimension, 0);
         self.scales.resize(nodes, 0.0);
         self.levels.resize(nodes, 0);
@@ -217,10 +214,12 @@ impl Hnsw {
             .resize_with(nodes * base_width, || AtomicU32::new(0));
         self.upper_links.resize_with(nodes, || None);
         self.locks.resize_with(nodes, || Mutex::new(()));
+        (old..nodes as u32).for_each(|slot| self.add_node(slot));
     }
 
-    /// Draws the node's level (deterministic per slot, so builds repeat)
-    /// and gives it room for links on its upper levels.
+    /// Draws the slot's level (deterministic per slot, so builds repeat)
+    /// and gives it room for links on its upper levels; every slot gets one
+    /// when room is made for it, so a reused slot keeps its level.
     fn add_node(&mut self, slot: u32) {
         let level = draw_level(slot, self.params.connectivity);
         self.levels[slot as usize] = level;

@@ -181,7 +181,7 @@ impl Index {
         self.deferring_ann = false;
         inserted?;
         if self.ann.is_none() && self.live >= self.ann_min_points {
-            self.build_ann()?;
+            self.build_ann();
         }
         Ok(())
     }
@@ -201,7 +201,7 @@ impl Index {
             vector.len(),
             self.dimension
         );
-        self.remove(&id)?;
+        self.remove(&id);
         let entry = Entry {
             pack: self.symbols.intern(pack),
             source: self.symbols.intern(source),
@@ -226,24 +226,23 @@ impl Index {
         if let Some(ann) = &mut self.ann {
             ann.insert(slot, vector);
         } else if self.live >= self.ann_min_points && !self.deferring_ann {
-            self.build_ann()?;
+            self.build_ann();
         }
         Ok(())
     }
 
     /// Removes a point if present. The graph keeps its node as a waypoint
     /// (searches skip empty slots) until the slot is reused.
-    pub fn remove(&mut self, id: &uuid::Uuid) -> anyhow::Result<()> {
+    pub fn remove(&mut self, id: &uuid::Uuid) {
         if let Some(slot) = self.by_id.remove(id) {
             self.entries[slot as usize] = None;
             self.free.push(slot);
             self.live -= 1;
         }
-        Ok(())
     }
 
     /// Builds the HNSW graph over every live point, linking in parallel.
-    pub fn build_ann(&mut self) -> anyhow::Result<()> {
+    pub fn build_ann(&mut self) {
         let slots: Vec<u32> = (0..self.entries.len() as u32)
             .filter(|&s| self.entries[s as usize].is_some())
             .collect();
@@ -253,7 +252,6 @@ impl Index {
             &self.vectors,
             &slots,
         ));
-        Ok(())
     }
 
     /// The `k` best (id, score) pairs among points matching `filter`.
@@ -442,7 +440,7 @@ mod tests {
             (hit[0].1 - 1.0).abs() < 1e-5,
             "the replacement vector is the one stored"
         );
-        index.remove(&id).unwrap();
+        index.remove(&id);
         assert!(index.is_empty());
         index
             .insert(uuid::Uuid::now_v7(), &unit(3, 8), "p", "a", "text")
@@ -488,7 +486,7 @@ mod tests {
 
         // A removed point is never returned; a replaced one (its slot
         // reused) is found by its new vector, with an exact score.
-        index.remove(&points[123].0).unwrap();
+        index.remove(&points[123].0);
         assert_ne!(nearest(&index, &points[123].1).0, points[123].0);
         let moved = unit(90_000, 16);
         index.insert(points[7].0, &moved, "p", "s", "text").unwrap();
@@ -505,7 +503,7 @@ mod tests {
                 .insert(uuid::Uuid::now_v7(), &unit(i, 32), "p", "s", "text")
                 .unwrap();
         }
-        index.build_ann().unwrap();
+        index.build_ann();
         let (mut found, mut total) = (0, 0);
         for q in 0..50u64 {
             let query = unit(100_000 + q, 32);
