@@ -12,13 +12,12 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use orchestrator_shared::{
-    bootstrap,
-    config::{CommonConfig, TrainerConfig, parse_socket_addr},
-    queue::fleet,
+use orchestrator_core::{
+    config::{CommonConfig, parse_socket_addr},
     shutdown, telemetry,
-    training::trainer::Trainer,
 };
+use orchestrator_queue::fleet;
+use orchestrator_training::{TrainerConfig, trainer::Trainer};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -87,7 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
              (set keys, or pass --insecure-no-auth if something in front authenticates)"
         );
     }
-    orchestrator_shared::metrics::install();
+    orchestrator_core::metrics::install();
     let embedded = cli.common.is_embedded();
     tracing::info!(
         "starting orchestrator-api ({} mode)\n{}\n  api keys:    {}",
@@ -100,7 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     );
 
-    let services = bootstrap::open(&cli.common).await?;
+    let services = orchestrator_bootstrap::open(&cli.common).await?;
     let (store, backend, handlers) = (services.store, services.queue, services.handlers);
     // The registry is the source of truth for paused flags; a fresh Redis
     // must learn them again.
@@ -124,7 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mut workers = tokio::task::JoinSet::new();
     if embedded && !cli.no_workers {
-        let assignments = bootstrap::assignments(&store, &handlers, None).await?;
+        let assignments = orchestrator_bootstrap::assignments(&store, &handlers, None).await?;
         workers = fleet::spawn_workers(
             backend.clone(),
             assignments,
@@ -185,7 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     axum::serve(listener, app::router(state, keys))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
-    bootstrap::join_workers(workers).await?;
+    orchestrator_bootstrap::join_workers(workers).await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

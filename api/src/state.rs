@@ -2,16 +2,12 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
-use orchestrator_shared::{
-    campaign::Campaigns,
-    events::Events,
-    jobs::JobHandler,
-    memory::Memory,
-    queue::QueueBackend,
-    store::Store,
-    training::{TrainingConfig, feedback::Feedback},
-    workflow::Workflows,
-};
+use orchestrator_campaign::Campaigns;
+use orchestrator_core::{events::Events, store::Store};
+use orchestrator_memory::Memory;
+use orchestrator_queue::{JobHandler, QueueBackend};
+use orchestrator_training::{TrainingConfig, feedback::Feedback};
+use orchestrator_workflow::Workflows;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -18,4 +18,4 @@ fi
 # The MLX training backend (cargo feature `mlx`) on MLX's CPU build from
 # PyPI: built against it and checked against the candle backend.
 eval "$(bash deploy/scripts/setup-mlx.sh)"
-ORCH_MODELS_DIR="$PWD/models" cargo test -p orchestrator-shared --features mlx --lib mlx_backend
+ORCH_MODELS_DIR="$PWD/models" cargo test -p orchestrator-training --features mlx --lib mlx_backend

@@ -279,7 +279,7 @@ async fn slow(State(state): State<SiteState>, Path(n): Path<String>) -> Response
 /// `/p/{n}.html`: page `n` of the generated bench corpus.
 async fn corpus_page(Path(n): Path<String>) -> Response {
     match n.trim_end_matches(".html").parse::<usize>() {
-        Ok(n) => html(&orchestrator_shared::campaign::corpus::generate_page(n)),
+        Ok(n) => html(&orchestrator_campaign::corpus::generate_page(n)),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }

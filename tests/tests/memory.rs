@@ -7,16 +7,13 @@
 use std::{path::PathBuf, sync::Arc};
 
 use clap::Parser;
-use orchestrator_shared::{
-    config::CommonConfig,
-    memory::{
-        DIMENSION, Memory,
-        embedding::{self, Embedder},
-        manager,
-        packs::PackStore,
-        vector::{self, ChunkPayload, Filter, Point, SearchMode, VectorStore},
-    },
-    store::Store,
+use orchestrator_core::{config::CommonConfig, store::Store};
+use orchestrator_memory::{
+    DIMENSION, Memory,
+    embedding::{self, Embedder},
+    manager,
+    packs::PackStore,
+    vector::{self, ChunkPayload, Filter, Point, SearchMode, VectorStore},
 };
 use orchestrator_tests::{models_dir, qdrant_url};
 use serde::Deserialize;

@@ -11,16 +11,15 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use orchestrator_shared::{
-    bootstrap,
-    config::{CommonConfig, TrainerConfig, parse_socket_addr},
+use orchestrator_core::{
+    config::{CommonConfig, parse_socket_addr},
     metrics, shutdown, telemetry,
-    training::{
-        self,
-        backend::Progress,
-        runs::RunRow,
-        trainer::{Observer, Trainer},
-    },
+};
+use orchestrator_training::{
+    TrainerConfig,
+    backend::Progress,
+    runs::RunRow,
+    trainer::{Observer, Trainer},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +46,7 @@ struct Cli {
 }
 
 fn main() {
-    training::prefer_inline_elementwise();
+    orchestrator_training::prefer_inline_elementwise();
     telemetry::init_logging();
     telemetry::log_panics_briefly();
     let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
@@ -78,7 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     let settings = cli.trainer.settings(&cli.common, owner)?;
     tracing::info!("starting orchestrator-trainer\n{}", cli.common);
-    let services = bootstrap::open(&cli.common).await?;
+    let services = orchestrator_bootstrap::open(&cli.common).await?;
 
     let shutdown_token = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown_token.clone());

@@ -3,13 +3,11 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use orchestrator_shared::{
-    bootstrap,
+use orchestrator_core::{
     config::{CommonConfig, parse_socket_addr},
-    jobs, metrics,
-    queue::fleet,
-    shutdown, telemetry,
+    metrics, shutdown, telemetry,
 };
+use orchestrator_queue::fleet;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -77,10 +75,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     for name in &cli.queues {
-        if !jobs::QUEUES.contains(&name.as_str()) {
+        if !orchestrator_bootstrap::QUEUES.contains(&name.as_str()) {
             bail!(
                 "--queues: unknown queue {name:?} (this worker serves: {})",
-                jobs::QUEUES.join(", ")
+                orchestrator_bootstrap::QUEUES.join(", ")
             );
         }
     }
@@ -92,7 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     tracing::info!("starting orchestrator-worker for {serving}\n{}", cli.common);
 
-    let services = bootstrap::open(&cli.common).await?;
+    let services = orchestrator_bootstrap::open(&cli.common).await?;
     let (store, backend) = (services.store, services.queue);
     let assignments: Vec<_> = services
         .handlers
@@ -124,9 +122,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     fleet::spawn_depth_sampler(backend.clone(), cli.queues.clone(), shutdown_token.clone());
 
-    let plan = bootstrap::assignments(&store, &assignments, cli.concurrency).await?;
+    let plan = orchestrator_bootstrap::assignments(&store, &assignments, cli.concurrency).await?;
     let workers = fleet::spawn_workers(backend, plan, cli.common.lease(), "worker", shutdown_token);
-    bootstrap::join_workers(workers).await?;
+    orchestrator_bootstrap::join_workers(workers).await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
-use orchestrator_shared::campaign::{
+use orchestrator_campaign::{
     CampaignError,
     model::{CampaignRequest, CampaignView, Status},
     store::{ResultFilter, ResultRow},

@@ -12,10 +12,8 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use orchestrator_shared::{
-    llm::{self, ChatMessage, GenerationParams, LlmError},
-    now_ms,
-};
+use orchestrator_core::now_ms;
+use orchestrator_llm::{self as llm, ChatMessage, GenerationParams, LlmError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;

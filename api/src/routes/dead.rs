@@ -5,7 +5,7 @@ use axum::{
     extract::{Path, Query, State},
     http::StatusCode,
 };
-use orchestrator_shared::queue::{JobInfo, JobStatus};
+use orchestrator_queue::{JobInfo, JobStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -132,7 +132,7 @@ pub async fn requeue_job(
         attempts: 0,
         error: None,
         result: None,
-        updated_at_ms: orchestrator_shared::now_ms(),
+        updated_at_ms: orchestrator_core::now_ms(),
         ..job
     }))
 }

@@ -38,5 +38,5 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
 pub async fn metrics() -> String {
-    orchestrator_shared::metrics::render().await
+    orchestrator_core::metrics::render().await
 }

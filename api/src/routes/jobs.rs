@@ -7,13 +7,10 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use orchestrator_shared::{
-    metrics as m,
-    queue::{
-        JobInfo, MAX_ATTEMPTS_LIMIT, MAX_DELAY_MS, MAX_IDEMPOTENCY_KEY_LEN, MAX_PRIORITY,
-        MIN_PRIORITY, NewJob, Pushed,
-    },
-    store::QueueSettings,
+use orchestrator_core::{metrics as m, store::QueueSettings};
+use orchestrator_queue::{
+    JobInfo, MAX_ATTEMPTS_LIMIT, MAX_DELAY_MS, MAX_IDEMPOTENCY_KEY_LEN, MAX_PRIORITY, MIN_PRIORITY,
+    NewJob, Pushed,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

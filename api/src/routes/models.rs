@@ -1,7 +1,7 @@
 //! The model registry, as the scheduler sees it.
 
 use axum::{Json, extract::State};
-use orchestrator_shared::models::ModelSpec;
+use orchestrator_models::ModelSpec;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;

@@ -6,7 +6,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use orchestrator_shared::memory::{
+use orchestrator_memory::{
     chunking::DocKind,
     packs::{self, Document, IndexPlan, PackError, PackSummary},
     vector::{Filter, SearchMode},

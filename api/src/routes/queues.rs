@@ -4,10 +4,8 @@ use axum::{
     Json,
     extract::{Path, State},
 };
-use orchestrator_shared::{
-    queue::{MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_MS, QueueCounts},
-    store::{QueueSettings, QueueUpdate},
-};
+use orchestrator_core::store::{QueueSettings, QueueUpdate};
+use orchestrator_queue::{MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_MS, QueueCounts};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

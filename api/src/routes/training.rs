@@ -5,17 +5,18 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use orchestrator_shared::{
-    metrics::FEEDBACK,
-    models::{ProviderKind, registry::valid_id},
-    training::{
-        TrainingConfig,
-        adapters::{self, AdapterView, ChangeError},
-        feedback::{FeedbackRequest, NewFeedback, Stored},
-        runs::{self, CreateError, RunView},
-    },
-    workflow::state as workflow_state,
+use orchestrator_core::metrics::FEEDBACK;
+use orchestrator_models::{
+    ProviderKind,
+    adapters::{self, AdapterView, ChangeError},
+    registry::valid_id,
 };
+use orchestrator_training::{
+    TrainingConfig,
+    feedback::{FeedbackRequest, NewFeedback, Stored},
+    runs::{self, CreateError, RunView},
+};
+use orchestrator_workflow::state as workflow_state;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;

@@ -9,10 +9,8 @@ use axum::{
     http::StatusCode,
     response::Response,
 };
-use orchestrator_shared::{
-    events::Event,
-    workflow::{CreateError, Created, WorkflowRequest, WorkflowView},
-};
+use orchestrator_core::events::Event;
+use orchestrator_workflow::{CreateError, Created, WorkflowRequest, WorkflowView};
 use serde_json::Value;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 

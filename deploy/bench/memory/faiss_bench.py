@@ -15,7 +15,7 @@ import numpy as np
 
 EF_SEARCH = [16, 32, 64, 96, 128, 192, 256]
 M = 32
-EF_CONSTRUCTION = 128  # the same as the Rust index (shared/src/memory/vector/index.rs)
+EF_CONSTRUCTION = 128  # the same as the Rust index (shared/memory/src/vector/index.rs)
 
 
 def load(path, dim):

@@ -19,9 +19,8 @@ use std::{
 
 use anyhow::{Context, ensure};
 use clap::{Parser, Subcommand, ValueEnum};
-use orchestrator_shared::{
-    jobs::Noop,
-    queue::{JobStatus, NewJob, QueueBackend, redis::RedisBackend, sqlite::SqliteBackend, worker},
+use orchestrator_queue::{
+    JobStatus, NewJob, Noop, QueueBackend, redis::RedisBackend, sqlite::SqliteBackend, worker,
 };
 use serde_json::{Value, json};
 use tokio::task::JoinSet;

@@ -18,16 +18,13 @@ use std::{
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use orchestrator_shared::{
-    bootstrap,
-    campaign::{
-        Campaigns,
-        corpus::{BASE_URL, generate_corpus, summarize},
-        extract::extract,
-        model::CampaignRequest,
-    },
-    config::CommonConfig,
+use orchestrator_campaign::{
+    Campaigns,
+    corpus::{BASE_URL, generate_corpus, summarize},
+    extract::extract,
+    model::CampaignRequest,
 };
+use orchestrator_core::config::CommonConfig;
 use orchestrator_tests::site::Site;
 use rayon::prelude::*;
 use serde_json::json;
@@ -193,7 +190,7 @@ async fn crawl_bench(pages: usize, workers: &[u32]) -> anyhow::Result<()> {
             data_dir.to_str().context("temp dir")?,
         ];
         let config = Embedded::parse_from(args).common;
-        let services = bootstrap::open(&config).await?;
+        let services = orchestrator_bootstrap::open(&config).await?;
         let campaigns = services.campaigns.clone();
         let (elapsed, view) = crawl_once(&campaigns, &site, pages, count).await?;
         println!(

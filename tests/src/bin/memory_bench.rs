@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use orchestrator_shared::memory::{
+use orchestrator_memory::{
     chunking::{self, DocKind},
     embedding::{self, Embedder},
     vector::{Filter, Index, SearchMode},

@@ -10,7 +10,7 @@ use std::{io::BufRead, path::PathBuf, time::Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use orchestrator_shared::training::{
+use orchestrator_training::{
     TextFormat, TrainingConfig,
     backend::TrainBackend,
     candle_backend::CandleBackend,
@@ -50,7 +50,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     // As the trainer runs.
-    orchestrator_shared::training::prefer_inline_elementwise();
+    orchestrator_training::prefer_inline_elementwise();
     let cli = Cli::parse();
     let config = TrainingConfig {
         rank: cli.rank,

@@ -13,7 +13,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use orchestrator_shared::llm::{ChatMessage, GenerationParams, Kernels, LocalModel};
+use orchestrator_llm::{ChatMessage, GenerationParams, Kernels, LocalModel};
 use serde_json::json;
 
 #[derive(Debug, Parser)]

@@ -1,0 +1,170 @@
+//! The composition root: start-up steps every serving process shares. It
+//! opens the store (migrating it) and the queue backend, wires the
+//! subsystems together, registers the built-in queues' handlers and turns
+//! registry settings into worker plans.
+//!
+//! This is the only library crate that knows every other one; the binaries
+//! (`orchestrator-api`, `orchestrator-worker`, `orchestrator-trainer`) call
+//! it and hold no wiring of their own beyond their flags and handlers.
+
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+
+use orchestrator_campaign::{Campaigns, slots, store::CampaignStore};
+use orchestrator_core::{config::CommonConfig, events::Events, store::Store};
+use orchestrator_memory::{Embed, Memory, packs::EMBED_QUEUE, packs::PackStore};
+use orchestrator_models::{Models, Registry};
+use orchestrator_queue::{JobHandler, Noop, QueueBackend, fleet::Assignment};
+use orchestrator_training::feedback::Feedback;
+use orchestrator_workflow::{INFERENCE_QUEUE, Inference, Workflows, decomposer::Patterns};
+
+/// Names of the built-in queues, for validating flags before anything opens.
+pub const QUEUES: [&str; 3] = ["noop", EMBED_QUEUE, INFERENCE_QUEUE];
+
+/// Every built-in queue's handler. The inference handler finds the workflow
+/// service through `workflows` once it exists (the service needs the queue,
+/// which needs the handlers registered first).
+pub fn builtin(
+    memory: &Arc<Memory>,
+    workflows: &Arc<OnceLock<Arc<Workflows>>>,
+) -> Vec<Arc<dyn JobHandler>> {
+    vec![
+        Arc::new(Noop),
+        Arc::new(Embed::new(memory.clone())),
+        Arc::new(Inference::new(workflows.clone())),
+    ]
+}
+
+/// What a serving process works with.
+pub struct Services {
+    pub store: Store,
+    pub queue: Arc<dyn QueueBackend>,
+    pub memory: Arc<Memory>,
+    pub workflows: Arc<Workflows>,
+    pub feedback: Arc<Feedback>,
+    /// Adapter publications, heard by every serving process.
+    pub adapter_notices: Arc<Events>,
+    /// Data-mining campaigns.
+    pub campaigns: Arc<Campaigns>,
+    /// Every built-in queue's handler.
+    pub handlers: Vec<Arc<dyn JobHandler>>,
+}
+
+/// Opens the store and the queue backend, registering the built-in queues,
+/// and reads the model registry and workflow patterns. Models (language and
+/// embedding) load lazily on first use.
+pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
+    let registry = Registry::load_or_create(&config.models_config_path())?;
+    let patterns = Patterns::load(config.workflow_patterns.as_deref())?;
+    let store = Store::connect(config).await?;
+    let memory = Arc::new(Memory::new(
+        config,
+        PackStore::new(store.connection().clone()),
+    ));
+    let workflows_slot = Arc::new(OnceLock::new());
+    let handlers = builtin(&memory, &workflows_slot);
+    let defaults: Vec<_> = handlers.iter().map(|h| (h.queue(), h.defaults())).collect();
+    store.seed_queues(&defaults).await?;
+    let queue = orchestrator_queue::connect(config).await?;
+    let events = open_events(config, "workflows").await?;
+    let adapter_notices = Arc::new(open_events(config, "adapters").await?);
+    let feedback = Arc::new(match &config.redis_url {
+        Some(url) => Feedback::redis(store.connection().clone(), url, &config.redis_prefix).await?,
+        None => Feedback::embedded(store.connection().clone()),
+    });
+    let models = Arc::new(Models::new(
+        registry,
+        config.models_dir.clone(),
+        store.connection().clone(),
+    )?);
+    models.refresh_adapters().await?;
+    follow_adapters(models.clone(), &adapter_notices).await?;
+    let workflows = Arc::new(Workflows::new(
+        store.connection().clone(),
+        models,
+        memory.clone(),
+        patterns,
+        queue.clone(),
+        Arc::new(events),
+    ));
+    let _ = workflows_slot.set(workflows.clone());
+    let campaigns = Arc::new(Campaigns::new(
+        CampaignStore::new(store.connection().clone()),
+        queue.clone(),
+        slots::open(config.redis_url.as_deref(), &config.redis_prefix).await?,
+        config.lease(),
+    ));
+    Ok(Services {
+        campaigns,
+        store,
+        queue,
+        memory,
+        workflows,
+        feedback,
+        adapter_notices,
+        handlers,
+    })
+}
+
+/// The event topic `topic`: over Redis with Redis, in-process without.
+async fn open_events(config: &CommonConfig, topic: &str) -> anyhow::Result<Events> {
+    match &config.redis_url {
+        Some(url) => Events::redis(url, format!("{}:events:{topic}", config.redis_prefix)).await,
+        None => Ok(Events::in_process()),
+    }
+}
+
+/// Reloads the adapter table (and the new active adapters) whenever a
+/// trainer publishes, promotes or rolls back an adapter.
+async fn follow_adapters(models: Arc<Models>, notices: &Events) -> anyhow::Result<()> {
+    let mut heard = notices.subscribe().await?;
+    tokio::spawn(async move {
+        loop {
+            match heard.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+            if let Err(err) = models.adapters_changed().await {
+                tracing::warn!(error = %format!("{err:#}"), "reloading adapters failed");
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One worker plan per handler, with the queue's registry settings;
+/// `concurrency` overrides the registry's.
+pub async fn assignments(
+    store: &Store,
+    handlers: &[Arc<dyn JobHandler>],
+    concurrency: Option<u32>,
+) -> anyhow::Result<Vec<Assignment>> {
+    let mut plan = Vec::with_capacity(handlers.len());
+    for handler in handlers {
+        let settings = store
+            .queue(handler.queue())
+            .await?
+            .with_context(|| format!("queue {} is not registered", handler.queue()))?;
+        let registry_concurrency = settings.concurrency.max(1) as u32;
+        plan.push(Assignment {
+            handler: handler.clone(),
+            concurrency: concurrency.unwrap_or(registry_concurrency) as usize,
+            rate_limit_per_s: settings
+                .rate_limit_per_s
+                .filter(|r| *r > 0)
+                .map(|r| r as u32),
+        });
+    }
+    Ok(plan)
+}
+
+/// Waits for every worker task, returning the first failure.
+pub async fn join_workers(
+    mut workers: tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    while let Some(result) = workers.join_next().await {
+        result.context("worker task panicked")??;
+    }
+    Ok(())
+}

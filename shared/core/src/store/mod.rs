@@ -1,0 +1,233 @@
+//! The persisted store (sea-orm): SQLite by default, PostgreSQL when
+//! `DATABASE_URL` says so. Migrations run on connect. This module owns the
+//! queue registry; jobs themselves live in the queue backend.
+
+pub mod adapter_entity;
+pub mod campaign_entity;
+pub mod campaign_result_entity;
+pub mod campaign_url_entity;
+pub mod feedback_entity;
+pub mod model_history_entity;
+pub mod pack_entity;
+pub mod pack_file_entity;
+pub mod queue_entity;
+pub mod training_run_entity;
+pub mod workflow_entity;
+pub mod workflow_task_entity;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use orchestrator_migrations::{Migrator, MigratorTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
+    DatabaseConnection, EntityTrait, QueryOrder,
+};
+
+use crate::{
+    config::{CommonConfig, DatabaseKind, redact_url},
+    now_ms,
+};
+pub use queue_entity::Model as QueueSettings;
+use queue_entity::{ActiveModel as QueueActive, Entity as Queues};
+
+/// Handle to the store database.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// Settings a queue is created with in the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueDefaults {
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub concurrency: u32,
+}
+
+/// A change to a queue's settings; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct QueueUpdate {
+    pub paused: Option<bool>,
+    pub max_attempts: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub concurrency: Option<u32>,
+    pub rate_limit_per_s: Option<Option<u32>>,
+}
+
+impl Store {
+    /// Connects to the configured database and applies pending migrations.
+    pub async fn connect(config: &CommonConfig) -> anyhow::Result<Self> {
+        let url = config.database_url();
+        if config.database_kind()? == DatabaseKind::Sqlite {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("cannot create data directory {}", config.data_dir.display())
+            })?;
+        }
+        Self::connect_url(&url).await
+    }
+
+    pub async fn connect_url(url: &str) -> anyhow::Result<Self> {
+        let mut options = ConnectOptions::new(url.to_string());
+        options
+            .max_connections(8)
+            .connect_timeout(Duration::from_secs(5))
+            .sqlx_logging(false)
+            // As the queue file: WAL so readers never wait for the writer,
+            // one fsync per checkpoint instead of per commit (a crash can
+            // lose the last commits, never corrupt), and writers from other
+            // processes wait their turn instead of failing.
+            .map_sqlx_sqlite_opts(|opts| {
+                opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(30))
+            });
+        // Processes opening a fresh SQLite file together race to switch it
+        // to WAL, which needs the file to themselves for a moment: the
+        // losers retry.
+        let mut attempt = 1;
+        let db = loop {
+            match Database::connect(options.clone()).await {
+                Ok(db) => break db,
+                Err(err) if attempt < 10 && url.starts_with("sqlite:") => {
+                    tracing::debug!("store connection attempt {attempt} failed ({err}); retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    attempt += 1;
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!("cannot connect to the store at {}", redact_url(url))
+                    });
+                }
+            }
+        };
+        migrate(&db).await?;
+        Ok(Self { db })
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.db.execute_unprepared("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Makes sure every listed queue has a registry row with its defaults,
+    /// leaving existing rows (and the user's changes to them) alone.
+    pub async fn seed_queues(&self, queues: &[(&str, QueueDefaults)]) -> anyhow::Result<()> {
+        for &(name, defaults) in queues {
+            if self.queue(name).await?.is_some() {
+                continue;
+            }
+            let now = now_ms() as i64;
+            let inserted = QueueActive {
+                name: Set(name.to_string()),
+                paused: Set(false),
+                max_attempts: Set(defaults.max_attempts as i32),
+                backoff_ms: Set(defaults.backoff_ms as i64),
+                concurrency: Set(defaults.concurrency as i32),
+                rate_limit_per_s: Set(None),
+                created_at_ms: Set(now),
+                updated_at_ms: Set(now),
+            }
+            .insert(&self.db)
+            .await;
+            // Another process starting at the same moment may have won.
+            if let Err(err) = inserted
+                && self.queue(name).await?.is_none()
+            {
+                return Err(err).with_context(|| format!("cannot register queue {name}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn queues(&self) -> anyhow::Result<Vec<QueueSettings>> {
+        Ok(Queues::find()
+            .order_by_asc(queue_entity::Column::Name)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn queue(&self, name: &str) -> anyhow::Result<Option<QueueSettings>> {
+        Ok(Queues::find_by_id(name.to_string()).one(&self.db).await?)
+    }
+
+    /// Applies `update` to a queue; `None` when no such queue exists.
+    pub async fn update_queue(
+        &self,
+        name: &str,
+        update: QueueUpdate,
+    ) -> anyhow::Result<Option<QueueSettings>> {
+        let Some(current) = self.queue(name).await? else {
+            return Ok(None);
+        };
+        let mut row: QueueActive = current.into();
+        if let Some(paused) = update.paused {
+            row.paused = Set(paused);
+        }
+        if let Some(max_attempts) = update.max_attempts {
+            row.max_attempts = Set(max_attempts as i32);
+        }
+        if let Some(backoff_ms) = update.backoff_ms {
+            row.backoff_ms = Set(backoff_ms as i64);
+        }
+        if let Some(concurrency) = update.concurrency {
+            row.concurrency = Set(concurrency as i32);
+        }
+        if let Some(rate) = update.rate_limit_per_s {
+            row.rate_limit_per_s = Set(rate.map(|r| r as i32));
+        }
+        row.updated_at_ms = Set(now_ms() as i64);
+        Ok(Some(row.update(&self.db).await?))
+    }
+}
+
+/// Applies pending migrations. Processes starting together (several workers
+/// on a fresh database) race to apply the same migration; the losers see a
+/// conflict, wait, and find nothing left to do.
+async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        match Migrator::up(db, None).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < 10 => {
+                tracing::debug!("migration attempt {attempt} failed ({err}); retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err).context("cannot apply store migrations"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_migrating_a_fresh_store_together_all_succeed() {
+        // The race is timing-dependent: several fresh stores make it likely.
+        for _ in 0..10 {
+            let dir =
+                std::env::temp_dir().join(format!("orch-store-{}", uuid::Uuid::now_v7().simple()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let url = format!(
+                "sqlite://{}?mode=rwc",
+                dir.join("orchestrator.db").display()
+            );
+            let connects = (0..8).map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Store::connect_url(&url).await })
+            });
+            for connect in futures::future::join_all(connects).await {
+                connect
+                    .unwrap()
+                    .expect("every concurrent start migrates or finds it done");
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! The Redis backend: every state change is one Lua script call working
+//! on whole batches with variadic commands, so a push of 1,000 jobs, a fetch
+//! of 1,000 or 2,000 acknowledgements cost one round trip and a handful of
+//! Redis commands, not a few per job.
+//!
+//! Layout (see `lua/common.lua`): job envelopes live in one hash, priority-0
+//! jobs in a FIFO list per queue, other priorities in a sorted set, delayed
+//! jobs and leases in sorted sets by time. A job's status is derived from
+//! where it is, so the hot path writes no per-job status. Pushes publish the
+//! queue name on `P:wake`, so idle workers start at once.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, anyhow};
+use async_trait::async_trait;
+use fred::{
+    clients::SubscriberClient,
+    prelude::*,
+    types::{Value as RedisValue, scripts::Script},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, OnceCell};
+
+use super::{
+    Ack, Fetched, JobInfo, JobStatus, LeasedJob, MAX_BACKOFF_MS, NewJob, Pushed, QueueBackend,
+    QueueCounts, WORKER_LIVENESS_MS,
+};
+use orchestrator_core::now_ms;
+
+/// How long an idempotency key keeps answering with its first job's id.
+pub const IDEMPOTENCY_TTL_S: u64 = 24 * 3600;
+/// How long a finished job stays readable.
+pub const DONE_RETENTION_MS: u64 = 24 * 3_600_000;
+/// Connections in the command pool.
+const POOL_SIZE: usize = 4;
+
+struct Scripts {
+    push: Script,
+    push_plain: Script,
+    fetch: Script,
+    ack: Script,
+    extend: Script,
+    release: Script,
+    counts: Script,
+    requeue: Script,
+    job: Script,
+}
+
+/// A script with the shared helpers in front.
+macro_rules! script {
+    ($file:literal) => {
+        Script::from_lua(concat!(
+            include_str!("lua/common.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
+    };
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            push: script!("push.lua"),
+            push_plain: script!("push_plain.lua"),
+            fetch: script!("fetch.lua"),
+            ack: script!("ack.lua"),
+            extend: script!("extend.lua"),
+            release: script!("release.lua"),
+            counts: script!("counts.lua"),
+            requeue: script!("requeue.lua"),
+            job: script!("job.lua"),
+        }
+    }
+}
+
+/// What the job hash stores per job; short keys keep memory per job low.
+#[derive(Deserialize)]
+struct Envelope {
+    q: String,
+    p: serde_json::Value,
+    pr: i32,
+    ma: u32,
+    c: u64,
+}
+
+/// The same, borrowed, for writing (with the backoff only Lua reads).
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    q: &'a str,
+    p: &'a serde_json::Value,
+    pr: i32,
+    ma: u32,
+    b: u64,
+    c: u64,
+}
+
+#[derive(Deserialize)]
+struct ResultRecord {
+    a: u32,
+    t: u64,
+    r: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct ErrorRecord {
+    e: String,
+    t: u64,
+}
+
+/// Wake-ups per queue, fed by the `P:wake` subscription.
+type Wakers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+
+pub struct RedisBackend {
+    pool: Pool,
+    config: Config,
+    prefix: String,
+    scripts: Scripts,
+    wakers: Wakers,
+    subscriber: OnceCell<SubscriberClient>,
+}
+
+impl RedisBackend {
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let config = Config::from_url(url).context("ORCH_REDIS_URL: invalid Redis URL")?;
+        let pool = Builder::from_config(config.clone())
+            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(5))
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build_pool(POOL_SIZE)?;
+        pool.init().await.with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                orchestrator_core::config::redact_url(url)
+            )
+        })?;
+        Ok(Self {
+            pool,
+            config,
+            prefix: prefix.to_string(),
+            scripts: Scripts::new(),
+            wakers: Arc::default(),
+            subscriber: OnceCell::new(),
+        })
+    }
+
+    fn client(&self) -> &Client {
+        self.pool.next()
+    }
+
+    /// The common batch (one queue, priority 0, no delay or key): the
+    /// arguments are laid out for the bulk commands, so Lua does no per-job
+    /// work.
+    async fn push_plain(&self, jobs: Vec<NewJob>) -> anyhow::Result<Vec<Pushed>> {
+        let now = now_ms();
+        let queue = jobs[0].queue.clone();
+        let ids: Vec<String> = jobs
+            .iter()
+            .map(|_| uuid::Uuid::now_v7().to_string())
+            .collect();
+        let mut args: Vec<RedisValue> = Vec::with_capacity(3 + jobs.len() * 3);
+        args.push(self.prefix.clone().into());
+        args.push(queue.as_str().into());
+        args.push((jobs.len() as i64).into());
+        args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
+        for (id, job) in ids.iter().zip(&jobs) {
+            args.push(id.as_str().into());
+            args.push(envelope_json(job, now)?.into());
+        }
+        let _: i64 = self
+            .eval(&self.scripts.push_plain, args)
+            .await
+            .context("push to Redis")?;
+        Ok(ids
+            .into_iter()
+            .map(|id| Pushed {
+                id,
+                duplicate: false,
+            })
+            .collect())
+    }
+
+    /// Deletes every key under this backend's prefix (benchmarks and test
+    /// clean-up); SCAN-based, so Redis keeps serving meanwhile.
+    pub async fn purge(&self) -> anyhow::Result<u64> {
+        let pattern = format!("{}:*", self.prefix);
+        let mut cursor = "0".to_string();
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (String, Vec<String>) = self
+                .client()
+                .scan_page(cursor, pattern.as_str(), Some(1000), None)
+                .await?;
+            if !keys.is_empty() {
+                deleted += self.client().unlink::<u64, _>(keys).await?;
+            }
+            if next == "0" {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Redis' `used_memory`, in bytes.
+    pub async fn used_memory(&self) -> anyhow::Result<u64> {
+        let info: String = self
+            .client()
+            .info(Some(fred::types::InfoKind::Memory))
+            .await?;
+        info_field(&info, "used_memory")
+    }
+
+    /// CPU seconds the Redis server has used (user + system).
+    pub async fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let info: String = self.client().info(Some(fred::types::InfoKind::Cpu)).await?;
+        Ok(info_field::<f64>(&info, "used_cpu_user")? + info_field::<f64>(&info, "used_cpu_sys")?)
+    }
+
+    /// Runs a script by its hash, loading it first if this Redis lacks it.
+    async fn eval<R: FromValue>(
+        &self,
+        script: &Script,
+        args: Vec<RedisValue>,
+    ) -> anyhow::Result<R> {
+        Ok(script
+            .evalsha_with_reload(self.client(), Vec::<String>::new(), args)
+            .await?)
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    fn waker(&self, queue: &str) -> Arc<Notify> {
+        let mut wakers = self.wakers.lock().expect("wakers lock");
+        wakers.entry(queue.to_string()).or_default().clone()
+    }
+
+    /// Subscribes to push notifications once per process, on first wait.
+    async fn ensure_subscribed(&self) -> anyhow::Result<()> {
+        self.subscriber
+            .get_or_try_init(|| async {
+                let subscriber = Builder::from_config(self.config.clone())
+                    .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+                    .build_subscriber_client()?;
+                subscriber.init().await?;
+                subscriber.manage_subscriptions();
+                subscriber.subscribe(self.key("wake")).await?;
+                let mut messages = subscriber.message_rx();
+                let wakers = self.wakers.clone();
+                tokio::spawn(async move {
+                    while let Ok(message) = messages.recv().await {
+                        let Some(queue) = message.value.as_string() else {
+                            continue;
+                        };
+                        let waker = wakers.lock().expect("wakers lock").get(&queue).cloned();
+                        if let Some(waker) = waker {
+                            waker.notify_one();
+                        }
+                    }
+                });
+                Ok::<_, anyhow::Error>(subscriber)
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueBackend for RedisBackend {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        let _: String = self.client().ping(None).await?;
+        Ok(())
+    }
+
+    async fn push(&self, jobs: Vec<NewJob>) -> anyhow::Result<Vec<Pushed>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        if is_plain(&jobs) {
+            return self.push_plain(jobs).await;
+        }
+        let now = now_ms();
+        let mut args: Vec<RedisValue> = Vec::with_capacity(4 + jobs.len() * 6);
+        args.push(self.prefix.clone().into());
+        args.push((now as i64).into());
+        args.push((IDEMPOTENCY_TTL_S as i64).into());
+        args.push((jobs.len() as i64).into());
+        for job in jobs {
+            let envelope = envelope_json(&job, now)?;
+            args.push(uuid::Uuid::now_v7().to_string().into());
+            args.push(job.queue.into());
+            args.push(envelope.into());
+            args.push(i64::from(job.priority).into());
+            args.push(job.idempotency_key.unwrap_or_default().into());
+            args.push((job.delay_ms as i64).into());
+        }
+        let reply: Vec<RedisValue> = self
+            .eval(&self.scripts.push, args)
+            .await
+            .context("push to Redis")?;
+        reply
+            .chunks(2)
+            .map(|pair| {
+                Ok(Pushed {
+                    id: string(&pair[0])?,
+                    duplicate: pair[1].as_i64() == Some(1),
+                })
+            })
+            .collect()
+    }
+
+    async fn fetch(
+        &self,
+        queue: &str,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> anyhow::Result<Fetched> {
+        let args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            queue.into(),
+            (now_ms() as i64).into(),
+            (max as i64).into(),
+            (lease.as_millis() as i64).into(),
+            worker_slot(worker).into(),
+        ];
+        let reply: Vec<RedisValue> = self
+            .eval(&self.scripts.fetch, args)
+            .await
+            .context("fetch from Redis")?;
+        let head = reply
+            .first()
+            .and_then(RedisValue::as_string)
+            .unwrap_or_default();
+        if head == "paused" {
+            return Ok(Fetched {
+                paused: true,
+                ..Fetched::default()
+            });
+        }
+        let mut jobs = Vec::new();
+        if let [_, ids, envelopes, attempts] = &reply[..] {
+            let (ids, envelopes, attempts) = (array(ids)?, array(envelopes)?, array(attempts)?);
+            jobs.reserve(ids.len());
+            for ((id, envelope), attempts) in ids.iter().zip(envelopes).zip(attempts) {
+                // Nil: the envelope is gone (the job expired); Lua skipped it too.
+                let Some(envelope) = envelope.as_bytes() else {
+                    continue;
+                };
+                let envelope: Envelope = serde_json::from_slice(envelope)?;
+                jobs.push(LeasedJob {
+                    id: string(id)?,
+                    queue: queue.to_string(),
+                    payload: envelope.p,
+                    attempt: attempts.as_u64().unwrap_or(0) as u32 + 1,
+                    max_attempts: envelope.ma,
+                });
+            }
+        }
+        Ok(Fetched {
+            jobs,
+            next_due_ms: head.parse::<f64>().ok().map(|ms| ms as u64),
+            paused: false,
+        })
+    }
+
+    async fn wait_for_jobs(&self, queue: &str, timeout: Duration) {
+        if let Err(err) = self.ensure_subscribed().await {
+            tracing::warn!("cannot subscribe to push notifications: {err:#}; polling instead");
+        }
+        let waker = self.waker(queue);
+        let _ = tokio::time::timeout(timeout, waker.notified()).await;
+    }
+
+    async fn ack(&self, queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let (done, failed): (Vec<Ack>, Vec<Ack>) =
+            acks.into_iter().partition(|a| a.outcome.is_ok());
+        let mut args: Vec<RedisValue> = Vec::with_capacity(8 + done.len() * 3 + failed.len() * 2);
+        args.push(self.prefix.clone().into());
+        args.push(queue.into());
+        args.push((now as i64).into());
+        args.push(worker_slot(worker).into());
+        args.push((DONE_RETENTION_MS as i64).into());
+        args.push((MAX_BACKOFF_MS as i64).into());
+        args.push((done.len() as i64).into());
+        // Laid out as ack.lua's bulk commands take them: the ids joined (one
+        // list element per batch), the ids, id/result pairs, id/error pairs.
+        let joined: Vec<&str> = done.iter().map(|ack| ack.id.as_str()).collect();
+        args.push(joined.join(",").into());
+        for ack in &done {
+            args.push(ack.id.as_str().into());
+        }
+        for ack in done {
+            let result = ack.outcome.expect("partitioned: successes only");
+            let record = format!(
+                r#"{{"a":{},"t":{now},"r":{}}}"#,
+                ack.attempt,
+                serde_json::to_string(&result)?
+            );
+            args.push(ack.id.into());
+            args.push(record.into());
+        }
+        for ack in failed {
+            let error = ack.outcome.expect_err("partitioned: failures only");
+            args.push(ack.id.into());
+            args.push(serde_json::to_string(&serde_json::json!({ "e": error, "t": now }))?.into());
+        }
+        let _: i64 = self
+            .eval(&self.scripts.ack, args)
+            .await
+            .context("acknowledge in Redis")?;
+        Ok(())
+    }
+
+    async fn extend_leases(
+        &self,
+        queue: &str,
+        worker: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let deadline = now_ms() + lease.as_millis() as u64;
+        let mut args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            queue.into(),
+            worker_slot(worker).into(),
+            (deadline as i64).into(),
+        ];
+        args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
+        let _: i64 = self.eval(&self.scripts.extend, args).await?;
+        Ok(())
+    }
+
+    async fn release(&self, queue: &str, worker: &str, ids: &[String]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            queue.into(),
+            worker_slot(worker).into(),
+        ];
+        args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
+        let _: i64 = self.eval(&self.scripts.release, args).await?;
+        Ok(())
+    }
+
+    async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
+        let args: Vec<RedisValue> = vec![self.prefix.clone().into(), id.into()];
+        let reply: Vec<RedisValue> = self.eval(&self.scripts.job, args).await?;
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        job_info(id, &reply).map(Some)
+    }
+
+    async fn dead_jobs(&self, queue: &str, limit: usize) -> anyhow::Result<Vec<JobInfo>> {
+        let key = self.key(&format!("q:{queue}:dead"));
+        let ids: Vec<String> = self
+            .client()
+            .zrevrange(key, 0, limit.saturating_sub(1) as i64, false)
+            .await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            jobs.extend(self.job(&id).await?);
+        }
+        Ok(jobs)
+    }
+
+    async fn requeue_dead(
+        &self,
+        queue: &str,
+        ids: &[String],
+        max: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            queue.into(),
+            (max as i64).into(),
+        ];
+        args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
+        Ok(self.eval(&self.scripts.requeue, args).await?)
+    }
+
+    async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
+        let live_since = now_ms().saturating_sub(WORKER_LIVENESS_MS) as i64;
+        let args: Vec<RedisValue> =
+            vec![self.prefix.clone().into(), queue.into(), live_since.into()];
+        let c: Vec<u64> = self.eval(&self.scripts.counts, args).await?;
+        let [pending, running, done, failed, dead, workers] = c[..] else {
+            return Err(anyhow!("unexpected counts reply {c:?}"));
+        };
+        Ok(QueueCounts {
+            pending,
+            running,
+            done,
+            failed,
+            dead,
+            workers,
+        })
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> anyhow::Result<()> {
+        let key = self.key("paused");
+        if paused {
+            let _: i64 = self.client().sadd(key, queue).await?;
+        } else {
+            let _: i64 = self.client().srem(key, queue).await?;
+            let _: i64 = self.client().publish(self.key("wake"), queue).await?;
+        }
+        Ok(())
+    }
+
+    async fn register_worker(&self, queue: &str, worker: &str) -> anyhow::Result<()> {
+        let key = self.key(&format!("q:{queue}:workers"));
+        let now = now_ms();
+        let _: i64 = self
+            .client()
+            .zadd(&key, None, None, false, false, (now as f64, worker))
+            .await?;
+        let stale = now.saturating_sub(WORKER_LIVENESS_MS * 4) as f64;
+        let _: i64 = self
+            .client()
+            .zremrangebyscore(&key, f64::MIN, stale)
+            .await?;
+        Ok(())
+    }
+
+    async fn unregister_worker(&self, queue: &str, worker: &str) -> anyhow::Result<()> {
+        let key = self.key(&format!("q:{queue}:workers"));
+        let _: i64 = self.client().zrem(key, worker).await?;
+        Ok(())
+    }
+}
+
+/// Lease slots (see `lua/common.lua`): a lease score carries its holder's
+/// slot, so acknowledgements check ownership without storing a name per job.
+const LEASE_SLOTS: u64 = 1024;
+
+/// The slot of a worker: a stable hash (FNV-1a) of its unique name. Two live
+/// workers share a slot with probability 1/1024; that only matters if one of
+/// them also lost a lease, and then a job's result may come from the run
+/// whose lease expired instead of the rerun (both ran it: at-least-once).
+fn worker_slot(worker: &str) -> i64 {
+    let hash = worker.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % LEASE_SLOTS) as i64
+}
+
+fn array(value: &RedisValue) -> anyhow::Result<&[RedisValue]> {
+    match value {
+        RedisValue::Array(items) => Ok(items),
+        other => Err(anyhow!("expected an array from Redis, got {other:?}")),
+    }
+}
+
+fn info_field<T: std::str::FromStr>(info: &str, name: &str) -> anyhow::Result<T> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {name} in INFO"))
+}
+
+fn envelope_json(job: &NewJob, now: u64) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(&EnvelopeRef {
+        q: &job.queue,
+        p: &job.payload,
+        pr: job.priority,
+        ma: job.max_attempts,
+        b: job.backoff_ms,
+        c: now,
+    })?)
+}
+
+/// Whether a batch can take the plain push: one queue, priority 0, no
+/// delay, no idempotency key.
+fn is_plain(jobs: &[NewJob]) -> bool {
+    jobs.iter().all(|job| {
+        job.queue == jobs[0].queue
+            && job.priority == 0
+            && job.delay_ms == 0
+            && job.idempotency_key.is_none()
+    })
+}
+
+fn string(value: &RedisValue) -> anyhow::Result<String> {
+    value
+        .as_string()
+        .ok_or_else(|| anyhow!("expected a string from Redis, got {value:?}"))
+}
+
+fn number(value: &RedisValue) -> anyhow::Result<i64> {
+    value
+        .as_i64()
+        .ok_or_else(|| anyhow!("expected a number from Redis, got {value:?}"))
+}
+
+fn bytes(value: &RedisValue) -> anyhow::Result<&[u8]> {
+    value
+        .as_bytes()
+        .ok_or_else(|| anyhow!("expected bytes from Redis, got {value:?}"))
+}
+
+/// Builds a job's view from `job.lua`'s reply.
+fn job_info(id: &str, reply: &[RedisValue]) -> anyhow::Result<JobInfo> {
+    let [envelope, status, attempts, result, error] = reply else {
+        return Err(anyhow!("unexpected job reply {reply:?}"));
+    };
+    let envelope: Envelope = serde_json::from_slice(bytes(envelope)?)?;
+    let status_text = string(status)?;
+    let status = JobStatus::parse(&status_text)
+        .ok_or_else(|| anyhow!("job {id} has unknown status {status_text:?}"))?;
+    let result: Option<ResultRecord> = match bytes(result)? {
+        b"" => None,
+        raw => Some(serde_json::from_slice(raw)?),
+    };
+    let error: Option<ErrorRecord> = match bytes(error)? {
+        b"" => None,
+        raw => Some(serde_json::from_slice(raw)?),
+    };
+    let attempts = match &result {
+        Some(done) => done.a,
+        None => number(attempts)? as u32,
+    };
+    let updated_at_ms = match (&result, &error) {
+        (Some(done), _) => done.t,
+        (None, Some(failed)) => failed.t,
+        (None, None) => envelope.c,
+    };
+    Ok(JobInfo {
+        id: id.to_string(),
+        queue: envelope.q,
+        status,
+        attempts,
+        max_attempts: envelope.ma,
+        priority: envelope.pr,
+        payload: envelope.p,
+        result: result.map(|done| done.r),
+        error: error.map(|failed| failed.e),
+        created_at_ms: envelope.c,
+        updated_at_ms,
+    })
+}
