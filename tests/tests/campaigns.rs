@@ -15,6 +15,12 @@ use serde_json::{Value, json};
 
 const LOOPBACK: &str = "127.0.0.1/32";
 
+/// A deployment whose operator lets campaigns reach the loopback fixture
+/// site (`ORCH_CAMPAIGN_ALLOW`).
+fn loopback_setup(backend: Backend) -> Setup {
+    Setup::new(backend).env("ORCH_CAMPAIGN_ALLOW", LOOPBACK)
+}
+
 async fn create(api: &Api, body: Value) -> String {
     let (status, created) = api.post("/api/v1/campaigns", &body).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -111,7 +117,7 @@ fn kinds(results: &[Value]) -> HashSet<(String, String)> {
 #[tokio::test]
 async fn seo_campaign_crawls_the_fixture_site_and_finds_every_syntax() {
     let site = Site::start(0, Duration::ZERO).await;
-    let setup = Setup::new(Backend::Embedded);
+    let setup = loopback_setup(Backend::Embedded);
     let api = setup.start_api(&[]).await;
     let id = create(
         &api,
@@ -188,7 +194,7 @@ async fn seo_campaign_crawls_the_fixture_site_and_finds_every_syntax() {
 #[tokio::test]
 async fn storybook_campaign_records_components_of_v6_and_v8_indexes() {
     let site = Site::start(0, Duration::ZERO).await;
-    let setup = Setup::new(Backend::Embedded);
+    let setup = loopback_setup(Backend::Embedded);
     let api = setup.start_api(&[]).await;
     let id = create(
         &api,
@@ -235,7 +241,7 @@ async fn storybook_campaign_records_components_of_v6_and_v8_indexes() {
 #[tokio::test]
 async fn a_campaign_completes_when_its_goals_are_met() {
     let site = Site::start(200, Duration::from_millis(20)).await;
-    let setup = Setup::new(Backend::Embedded);
+    let setup = loopback_setup(Backend::Embedded);
     let api = setup.start_api(&[]).await;
     let id = create(
         &api,
@@ -262,6 +268,7 @@ async fn a_campaign_completes_when_its_goals_are_met() {
 #[tokio::test]
 async fn private_addresses_are_never_fetched_without_an_allowlist() {
     let site = Site::start(0, Duration::ZERO).await;
+    // No ORCH_CAMPAIGN_ALLOW: only public addresses.
     let setup = Setup::new(Backend::Embedded);
     let api = setup.start_api(&[]).await;
     let port = site.addr.port();
@@ -298,6 +305,53 @@ async fn private_addresses_are_never_fetched_without_an_allowlist() {
     .await;
     let done = wait_status(&api, &id, "failed", Duration::from_secs(30)).await;
     assert_eq!(done["progress"]["errors"], 1);
+    // A request cannot widen the operator's (empty) list: not even to the
+    // loopback site, let alone everything or the metadata service.
+    for allow in [
+        LOOPBACK,
+        "0.0.0.0/0",
+        "::/0",
+        "169.254.169.254/32",
+        "localhost",
+    ] {
+        let (status, body) = api
+            .post(
+                "/api/v1/campaigns",
+                &json!({"name": "wide", "type": "seo_mining",
+                        "config": {"urls": [site.url("/")], "allow": [allow]}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{allow}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("config.allow") && message.contains(allow),
+            "{body}"
+        );
+    }
+    let (_, listed) = api.get("/api/v1/campaigns").await;
+    let names: Vec<&str> = listed["campaigns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sneaky"], "refused requests created nothing");
+    assert_eq!(site.total_hits(), 0, "{:?}", site.all_hits());
+    drop(api);
+
+    // With the operator allowing loopback, a request may narrow that list
+    // but not add to it.
+    let setup = loopback_setup(Backend::Embedded);
+    let api = setup.start_api(&[]).await;
+    let (status, body) = api
+        .post(
+            "/api/v1/campaigns",
+            &json!({"name": "wider", "type": "seo_mining",
+                    "config": {"urls": [site.url("/")], "allow": [LOOPBACK, "10.0.0.0/8"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("10.0.0.0/8"), "{body}");
     // An allowed site redirecting to the metadata address is not followed.
     let id = create(
         &api,
@@ -319,7 +373,7 @@ async fn private_addresses_are_never_fetched_without_an_allowlist() {
 
 #[tokio::test]
 async fn bad_campaign_payloads_get_a_clear_4xx_and_change_nothing() {
-    let setup = Setup::new(Backend::Embedded);
+    let setup = loopback_setup(Backend::Embedded);
     let api = setup.start_api(&[]).await;
     let ok_config = json!({"urls": ["http://example.test/"]});
     let cases = [
@@ -486,7 +540,7 @@ async fn bad_campaign_payloads_get_a_clear_4xx_and_change_nothing() {
 #[tokio::test]
 async fn pause_and_resume_keep_the_frontier_redis() {
     let site = Site::start(40, Duration::from_millis(60)).await;
-    let setup = Setup::new(Backend::redis());
+    let setup = loopback_setup(Backend::redis());
     let api = setup.start_api(&[]).await;
     let id = create_slow_campaign(&api, &site).await;
     let _worker = setup.start_worker(&["--campaign", &id]);
@@ -525,7 +579,7 @@ async fn pause_and_resume_keep_the_frontier_redis() {
 #[tokio::test]
 async fn workers_scale_up_and_down_across_processes_redis() {
     let site = Site::start(400, Duration::from_millis(100)).await;
-    let setup = Setup::new(Backend::redis()).env("RUST_LOG", "info");
+    let setup = loopback_setup(Backend::redis()).env("RUST_LOG", "info");
     let api = setup.start_api(&[]).await;
     let config = json!({"urls": [site.url("/slow/0.html")], "allow": [LOOPBACK], "max_depth": 1000,
                         "max_pages": 400, "per_host_interval_ms": 0, "concurrency": 1});
@@ -577,8 +631,20 @@ async fn workers_scale_up_and_down_across_processes_redis() {
 /// another worker finishes it with every page's item stored once.
 #[tokio::test]
 async fn a_worker_killed_mid_campaign_loses_nothing_redis() {
+    worker_killed_mid_campaign(false).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_campaign_loses_nothing_on_postgres() {
+    worker_killed_mid_campaign(true).await;
+}
+
+async fn worker_killed_mid_campaign(postgres: bool) {
     let site = Site::start(30, Duration::from_millis(150)).await;
-    let setup = Setup::new(Backend::redis()).env("ORCH_LEASE_MS", "3000");
+    let mut setup = loopback_setup(Backend::redis()).env("ORCH_LEASE_MS", "3000");
+    if postgres {
+        setup = setup.on_postgres().await;
+    }
     let api = setup.start_api(&[]).await;
     let id = create_slow_campaign(&api, &site).await;
     let first = setup.start_worker(&["--campaign", &id]);

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 
-use orchestrator_campaign::{Campaigns, slots, store::CampaignStore};
+use orchestrator_campaign::{Campaigns, fetch::Allow, slots, store::CampaignStore};
 use orchestrator_core::{config::CommonConfig, events::Events, store::Store};
 use orchestrator_memory::{Embed, Memory, packs::EMBED_QUEUE, packs::PackStore};
 use orchestrator_models::{Models, Registry};
@@ -94,6 +94,7 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         queue.clone(),
         slots::open(config.redis_url.as_deref(), &config.redis_prefix).await?,
         config.lease(),
+        campaign_allow(config)?,
     ));
     Ok(Services {
         campaigns,
@@ -105,6 +106,16 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         adapter_notices,
         handlers,
     })
+}
+
+/// The operator's campaign allowlist, `ORCH_CAMPAIGN_ALLOW`.
+pub fn campaign_allow(config: &CommonConfig) -> anyhow::Result<Allow> {
+    let entries = &config.campaign_allow;
+    // An empty variable (ORCH_CAMPAIGN_ALLOW=) means no entries.
+    if entries.iter().all(|e| e.trim().is_empty()) {
+        return Ok(Allow::none());
+    }
+    Allow::parse(entries).map_err(|e| anyhow::anyhow!("ORCH_CAMPAIGN_ALLOW: {e}"))
 }
 
 /// The event topic `topic`: over Redis with Redis, in-process without.

@@ -34,7 +34,7 @@ use std::{
 };
 
 use self::{
-    fetch::{FetchOptions, Fetcher},
+    fetch::{Allow, FetchOptions, Fetcher},
     kinds::{CampaignType, Op},
     model::{CampaignRequest, CampaignView, Goals, Settings, Status},
     slots::Slots,
@@ -86,6 +86,8 @@ pub struct Campaigns {
     queue: Arc<dyn QueueBackend>,
     slots: Arc<dyn Slots>,
     lease: Duration,
+    /// `ORCH_CAMPAIGN_ALLOW`: the private addresses any campaign may reach.
+    operator_allow: Allow,
     prepared: Mutex<HashMap<String, Arc<Prepared>>>,
 }
 
@@ -95,12 +97,14 @@ impl Campaigns {
         queue: Arc<dyn QueueBackend>,
         slots: Arc<dyn Slots>,
         lease: Duration,
+        operator_allow: Allow,
     ) -> Self {
         Self {
             store,
             queue,
             slots,
             lease,
+            operator_allow,
             prepared: Mutex::default(),
         }
     }
@@ -119,7 +123,10 @@ impl Campaigns {
                 kinds::TYPES.join(", ")
             ))
         })?;
-        let settings = request.config.settings().map_err(CampaignError::Invalid)?;
+        let settings = request
+            .config
+            .settings(&self.operator_allow)
+            .map_err(CampaignError::Invalid)?;
         kind.check(&settings, &request.goals)
             .map_err(CampaignError::Invalid)?;
         let seeds = kind.seeds(&settings);
@@ -275,7 +282,7 @@ impl Campaigns {
             return Ok(ready.clone());
         }
         let row = self.get(id).await?;
-        let ready = Arc::new(prepare(&row).map_err(CampaignError::Invalid)?);
+        let ready = Arc::new(prepare(&row, &self.operator_allow).map_err(CampaignError::Invalid)?);
         self.prepared
             .lock()
             .expect("prepared lock")
@@ -289,14 +296,15 @@ impl Campaigns {
     }
 }
 
-/// Rebuilds what a stored campaign runs with (checked when it was created).
-fn prepare(row: &CampaignRow) -> Result<Prepared, String> {
+/// Rebuilds what a stored campaign runs with (checked when it was created;
+/// checked again against this process's operator allowlist, which decides).
+fn prepare(row: &CampaignRow, operator_allow: &Allow) -> Result<Prepared, String> {
     let kind = kinds::by_name(&row.kind).ok_or_else(|| format!("unknown type {}", row.kind))?;
     let config: model::CampaignConfig =
         serde_json::from_str(&row.config).map_err(|e| format!("stored config: {e}"))?;
     let goals: Goals =
         serde_json::from_str(&row.goals).map_err(|e| format!("stored goals: {e}"))?;
-    let settings = config.settings()?;
+    let settings = config.settings(operator_allow)?;
     let body_cap = row.max_memory_mb.map_or(DEFAULT_BODY_CAP, |mb| {
         // The pages one worker holds at once must fit the memory budget.
         let budget = mb.max(1) as usize * 1024 * 1024;

@@ -54,7 +54,8 @@ pub struct CampaignConfig {
     #[serde(default)]
     pub sitemaps: Vec<String>,
     /// Hosts (`example.test`, `*.example.test`) or CIDRs (`10.0.0.0/8`) the
-    /// fetcher may reach despite the private-address guard.
+    /// fetcher may reach despite the private-address guard: a subset of the
+    /// operator's `ORCH_CAMPAIGN_ALLOW` (empty: the operator's whole list).
     #[serde(default)]
     pub allow: Vec<String>,
     /// Link distance from a start URL (`seo_mining`; default 2).
@@ -189,12 +190,21 @@ pub struct Settings {
 }
 
 impl CampaignConfig {
-    /// Checks every field and resolves defaults. URLs whose host is a
-    /// restricted address literal (`127.0.0.1`, `169.254.169.254`) are
-    /// refused here unless allowed; host names are checked again after DNS
-    /// resolution on every fetch.
-    pub fn settings(&self) -> Result<Settings, String> {
-        let allow = Allow::parse(&self.allow).map_err(|e| format!("config.allow: {e}"))?;
+    /// Checks every field and resolves defaults. `operator` is the
+    /// operator's allowlist (`ORCH_CAMPAIGN_ALLOW`): the campaign's
+    /// `config.allow` may only narrow it, and without one the campaign gets
+    /// the operator's. URLs whose host is a restricted address literal
+    /// (`127.0.0.1`, `169.254.169.254`) are refused here unless allowed;
+    /// host names are checked again after DNS resolution on every fetch.
+    pub fn settings(&self, operator: &Allow) -> Result<Settings, String> {
+        let allow = if self.allow.is_empty() {
+            operator.clone()
+        } else {
+            let own = Allow::parse(&self.allow).map_err(|e| format!("config.allow: {e}"))?;
+            own.within(operator)
+                .map_err(|e| format!("config.allow: {e}"))?;
+            own
+        };
         let urls = check_urls("config.urls", &self.urls, &allow)?;
         let sitemaps = check_urls("config.sitemaps", &self.sitemaps, &allow)?;
         Ok(Settings {

@@ -59,6 +59,14 @@ pub struct CommonConfig {
     /// config/workflow_patterns.toml.
     #[arg(long, env = "ORCH_WORKFLOW_PATTERNS")]
     pub workflow_patterns: Option<PathBuf>,
+
+    /// Private hosts, `*.suffix`es and CIDRs campaign fetchers may reach
+    /// (comma-separated; empty: none, only public addresses). A campaign's
+    /// `config.allow` may narrow this list, never widen it. Cloud metadata
+    /// addresses must be named on their own, never through a wide CIDR.
+    #[arg(long, env = "ORCH_CAMPAIGN_ALLOW", value_delimiter = ',')]
+    pub campaign_allow: Vec<String>,
+
 }
 
 /// A configuration value that failed validation, named after its variable.
@@ -213,6 +221,13 @@ impl fmt::Display for CommonConfig {
             )?,
         }
         writeln!(f, "  models:      {}", self.models_config_path().display())?;
+        if !self.campaign_allow.is_empty() {
+            writeln!(
+                f,
+                "  campaigns may reach: {}",
+                self.campaign_allow.join(", ")
+            )?;
+        }
         write!(f, "  lease:       {} ms", self.lease_ms)
     }
 }

@@ -188,6 +188,9 @@ async fn crawl_bench(pages: usize, workers: &[u32]) -> anyhow::Result<()> {
             "bench",
             "--data-dir",
             data_dir.to_str().context("temp dir")?,
+            // The operator lets campaigns reach the loopback corpus site.
+            "--campaign-allow",
+            "127.0.0.1/32",
         ];
         let config = Embedded::parse_from(args).common;
         let services = orchestrator_bootstrap::open(&config).await?;

@@ -114,16 +114,71 @@ impl Allow {
                 .any(|s| host.len() > s.len() && host.ends_with(s.as_str()))
     }
 
-    /// Whether `ip` falls in an allowlisted CIDR (IPv4-mapped IPv6 matches IPv4 CIDRs too).
+    /// Whether `ip` falls in an allowlisted CIDR (IPv4-mapped IPv6 matches
+    /// IPv4 CIDRs too). A cloud metadata address must be named on its own
+    /// (`169.254.169.254` or `/32`): a wide CIDR such as `0.0.0.0/0` or
+    /// `169.254.0.0/16` never lets a crawl read instance credentials.
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
         let mapped = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
-        self.nets
-            .iter()
-            .any(|n| n.contains(&ip) || mapped.is_some_and(|m| n.contains(&m)))
+        let metadata = is_metadata(ip) || mapped.is_some_and(is_metadata);
+        self.nets.iter().any(|n| {
+            let covers = n.contains(&ip) || mapped.is_some_and(|m| n.contains(&m));
+            covers && (!metadata || n.prefix_len() == n.max_prefix_len())
+        })
     }
+
+    /// Checks that every entry of this list (a campaign's `config.allow`) is
+    /// covered by `operator` (`ORCH_CAMPAIGN_ALLOW`), so a request can narrow
+    /// the operator's list but never widen it. The error names the entry.
+    pub fn within(&self, operator: &Allow) -> Result<(), String> {
+        let refused = |entry: String| {
+            Err(format!(
+                "{entry:?} is not covered by the operator's ORCH_CAMPAIGN_ALLOW \
+                 (a campaign may only narrow it)"
+            ))
+        };
+        for host in &self.hosts {
+            if !operator.allows_host(host) {
+                return refused(host.clone());
+            }
+        }
+        for suffix in &self.suffixes {
+            let covered = operator
+                .suffixes
+                .iter()
+                .any(|o| suffix == o || suffix.ends_with(o.as_str()));
+            if !covered {
+                return refused(format!("*{suffix}"));
+            }
+        }
+        for net in &self.nets {
+            let covered = if net.prefix_len() == net.max_prefix_len() {
+                operator.allows_ip(net.addr())
+            } else {
+                operator.nets.iter().any(|o| o.contains(net))
+            };
+            if !covered {
+                return refused(net.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cloud instance metadata services (AWS, GCP and Azure share
+/// 169.254.169.254; AWS ECS task metadata; Alibaba; AWS over IPv6): they
+/// hand out credentials to whoever asks from the instance.
+fn is_metadata(ip: IpAddr) -> bool {
+    const METADATA: [IpAddr; 4] = [
+        IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+        IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)),
+        IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    ];
+    METADATA.contains(&ip)
 }
 
 impl TryFrom<Vec<String>> for Allow {
@@ -279,7 +334,9 @@ pub fn check_url(url: &Url, allow: &Allow) -> Result<(), FetchError> {
     match classify(ip) {
         Some(class) if !allow.allows_ip(ip) => Err(FetchError::Blocked {
             url: url.clone(),
-            reason: format!("{ip} is {class}; add it to config.allow to crawl it"),
+            reason: format!(
+                "{ip} is {class}; the operator must list it in ORCH_CAMPAIGN_ALLOW to crawl it"
+            ),
         }),
         _ => Ok(()),
     }
@@ -304,7 +361,7 @@ impl fmt::Display for BlockedAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} resolves to {}, {}; add it to config.allow to crawl it",
+            "{} resolves to {}, {}; the operator must list it in ORCH_CAMPAIGN_ALLOW to crawl it",
             self.host, self.ip, self.class
         )
     }
@@ -444,6 +501,65 @@ mod tests {
         assert!(!Allow::none().allows_host("localhost"));
     }
 
+    fn list(entries: &[&str]) -> Allow {
+        Allow::parse(&entries.iter().map(|e| e.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn metadata_addresses_need_an_exact_entry() {
+        let wide = list(&["0.0.0.0/0", "::/0", "169.254.0.0/16"]);
+        assert!(wide.allows_ip(ip("169.254.1.1")));
+        for metadata in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "169.254.170.2",
+            "100.100.100.200",
+            "fd00:ec2::254",
+        ] {
+            assert!(!wide.allows_ip(ip(metadata)), "{metadata}");
+            assert!(!wide.allows_host(metadata), "{metadata}");
+        }
+        let exact = list(&["169.254.169.254/32"]);
+        assert!(exact.allows_ip(ip("169.254.169.254")));
+        assert!(list(&["169.254.169.254"]).allows_host("169.254.169.254"));
+    }
+
+    #[test]
+    fn a_campaign_list_may_only_narrow_the_operators() {
+        let operator = list(&["127.0.0.0/8", "localhost", "*.corp.example", "10.0.0.0/8"]);
+        for narrower in [
+            &["127.0.0.1"][..],
+            &["127.0.0.0/16"],
+            &["localhost"],
+            &["*.corp.example"],
+            &["*.eu.corp.example"],
+            &["db.corp.example"],
+            &["10.1.0.0/16", "127.0.0.1"],
+        ] {
+            list(narrower).within(&operator).unwrap();
+        }
+        for (wider, named) in [
+            (&["0.0.0.0/0"][..], "0.0.0.0/0"),
+            (&["::/0"], "::/0"),
+            (&["169.254.169.254/32"], "169.254.169.254/32"),
+            (&["127.0.0.1", "192.168.0.0/16"], "192.168.0.0/16"),
+            (&["*.example"], "*.example"),
+            (&["corp.example"], "corp.example"),
+            (&["10.0.0.0/7"], "10.0.0.0/7"),
+        ] {
+            let err = list(wider).within(&operator).unwrap_err();
+            assert!(err.contains(named), "{err}");
+        }
+        // Nothing is covered by an empty operator list.
+        let err = list(&["127.0.0.1"]).within(&Allow::none()).unwrap_err();
+        assert!(err.contains("ORCH_CAMPAIGN_ALLOW"), "{err}");
+        // Metadata must be named by the operator too.
+        let operator = list(&["169.254.0.0/16"]);
+        assert!(list(&["169.254.169.254"]).within(&operator).is_err());
+        let operator = list(&["169.254.169.254"]);
+        list(&["169.254.169.254"]).within(&operator).unwrap();
+    }
+
     #[test]
     fn allow_parse_rejects_bad_entries() {
         let cases: &[(&str, &str)] = &[
@@ -503,7 +619,7 @@ mod tests {
         ] {
             let err = check_url(&u(s), &none).unwrap_err();
             assert_eq!(err.kind(), "blocked", "{s}: {err}");
-            assert!(err.to_string().contains("config.allow"), "{err}");
+            assert!(err.to_string().contains("ORCH_CAMPAIGN_ALLOW"), "{err}");
         }
         for s in [
             "ftp://example.com/",

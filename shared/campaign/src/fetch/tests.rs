@@ -196,7 +196,7 @@ async fn restricted_targets_refused_without_any_request() {
     for target in &targets {
         let err = f.get(&url(target)).await.unwrap_err();
         assert_eq!(err.kind(), "blocked", "{target}: {err}");
-        assert!(err.to_string().contains("config.allow"), "{err}");
+        assert!(err.to_string().contains("ORCH_CAMPAIGN_ALLOW"), "{err}");
     }
     let err = f
         .get(&url(&format!("http://localhost:{port}/ok")))
