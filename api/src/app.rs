@@ -3,6 +3,7 @@
 use axum::{
     Json, Router,
     extract::DefaultBodyLimit,
+    http::{Method, StatusCode, Uri},
     middleware,
     routing::{get, patch, post},
 };
@@ -13,7 +14,8 @@ use utoipa::{
 
 use crate::{
     auth::{self, ApiKeys},
-    error::{ErrorBody, ErrorDetail},
+    error::{ApiError, ErrorBody, ErrorDetail, shown},
+    guard::{self, AllowedHosts},
     routes::{campaigns, chat, dead, health, jobs, models, packs, queues, training, workflows},
     state::AppState,
 };
@@ -61,7 +63,16 @@ impl Modify for BearerAuth {
     }
 }
 
-pub fn router(state: AppState, keys: ApiKeys) -> Router {
+/// What the router enforces around every handler.
+pub struct Guards {
+    pub keys: ApiKeys,
+    pub hosts: AllowedHosts,
+}
+
+pub fn router(state: AppState, guards: Guards) -> Router {
+    let Guards { keys, hosts } = guards;
+    let limits = state.limits.clone();
+    let pack_writes = middleware::from_fn_with_state(limits.clone(), crate::limits::pack_writes);
     let api = Router::new()
         .route(
             "/v1/jobs",
@@ -82,8 +93,9 @@ pub fn router(state: AppState, keys: ApiKeys) -> Router {
         .route(
             "/v1/context-packs",
             post(packs::create)
-                .get(packs::list)
-                .layer(DefaultBodyLimit::max(PACK_BODY_LIMIT)),
+                .layer(DefaultBodyLimit::max(PACK_BODY_LIMIT))
+                .layer(pack_writes.clone())
+                .get(packs::list),
         )
         .route(
             "/v1/context-packs/{id}",
@@ -91,7 +103,9 @@ pub fn router(state: AppState, keys: ApiKeys) -> Router {
         )
         .route(
             "/v1/context-packs/{id}/reindex",
-            post(packs::reindex).layer(DefaultBodyLimit::max(PACK_BODY_LIMIT)),
+            post(packs::reindex)
+                .layer(DefaultBodyLimit::max(PACK_BODY_LIMIT))
+                .layer(pack_writes),
         )
         .route("/v1/context-packs/{id}/search", post(packs::search))
         .route("/v1/workflows", post(workflows::create))
@@ -137,6 +151,25 @@ pub fn router(state: AppState, keys: ApiKeys) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .nest("/api", api)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            limits,
+            crate::limits::enforce,
+        ))
+        .layer(middleware::from_fn_with_state(hosts, guard::check))
         .with_state(state)
+}
+
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::not_found("route_not_found", format!("no route {}", shown(uri.path())))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not served at {}", shown(uri.path())),
+    )
 }

@@ -14,9 +14,12 @@ use crate::error::ApiError;
 /// Shortest key accepted: shorter ones are guessable.
 pub const MIN_KEY_LEN: usize = 16;
 
-/// The accepted keys; empty means authentication is off.
+/// The accepted keys, kept as BLAKE3 digests; empty means authentication is
+/// off. Comparing digests of equal length (in constant time, as
+/// `blake3::Hash` does) tells a timing observer nothing about a key's
+/// length or any prefix of it.
 #[derive(Clone, Default)]
-pub struct ApiKeys(Arc<Vec<String>>);
+pub struct ApiKeys(Arc<Vec<blake3::Hash>>);
 
 impl ApiKeys {
     /// Parses the comma-separated list, refusing empty or short keys.
@@ -36,7 +39,9 @@ impl ApiKeys {
         {
             return Err("ORCH_API_KEYS: keys must be printable ASCII without spaces".into());
         }
-        Ok(Self(Arc::new(keys)))
+        Ok(Self(Arc::new(
+            keys.iter().map(|k| blake3::hash(k.as_bytes())).collect(),
+        )))
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -48,18 +53,12 @@ impl ApiKeys {
     }
 
     fn accepts(&self, presented: &str) -> bool {
-        // Compare every key in full so timing does not reveal a prefix.
-        self.0.iter().fold(false, |found, key| {
-            found | constant_time_eq(key.as_bytes(), presented.as_bytes())
-        })
+        let presented = blake3::hash(presented.as_bytes());
+        // Every key is compared, so timing does not say which one matched.
+        self.0
+            .iter()
+            .fold(false, |found, key| found | (*key == presented))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
@@ -104,5 +103,7 @@ mod tests {
         assert!(keys.accepts("fedcba9876543210"));
         assert!(!keys.accepts("0123456789abcdeX"));
         assert!(!keys.accepts(""));
+        assert!(!keys.accepts("0123456789abcde"));
+        assert!(!keys.accepts("0123456789abcdef0"));
     }
 }

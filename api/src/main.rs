@@ -5,10 +5,12 @@ mod app;
 mod auth;
 mod error;
 mod extract;
+mod guard;
+mod limits;
 mod routes;
 mod state;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -21,7 +23,10 @@ use orchestrator_training::{TrainerConfig, trainer::Trainer};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    app::Guards,
     auth::ApiKeys,
+    guard::AllowedHosts,
+    limits::Limits,
     state::{AppState, Domains, Training},
 };
 
@@ -42,6 +47,27 @@ struct Cli {
     /// Comma-separated bearer tokens; when set every /api/* route needs one.
     #[arg(long, env = "ORCH_API_KEYS", hide_env_values = true)]
     api_keys: Option<String>,
+
+    /// Host names the API answers to besides IP literals and localhost
+    /// (comma-separated; `*` for any, when a proxy in front checks them).
+    #[arg(long, env = "ORCH_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+
+    /// Most requests answered at once; past it, 503 with Retry-After.
+    #[arg(long, env = "ORCH_MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_concurrent_requests: u64,
+
+    /// Longest a request may take to produce its answer's head, in ms
+    /// (streams then run on for as long as they stream).
+    #[arg(long, env = "ORCH_REQUEST_TIMEOUT_MS", default_value_t = 120_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    request_timeout_ms: u64,
+
+    /// Most websockets open at once.
+    #[arg(long, env = "ORCH_MAX_WEBSOCKETS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_websockets: u64,
 
     /// Allow listening on a non-loopback address without API keys.
     #[arg(long)]
@@ -80,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     cli.common.validate()?;
     let addr: SocketAddr = parse_socket_addr("ORCH_HTTP_ADDR", &cli.http_addr)?;
     let keys = ApiKeys::parse(cli.api_keys.as_deref()).map_err(anyhow::Error::msg)?;
+    let hosts = AllowedHosts::parse(&cli.allowed_hosts).map_err(anyhow::Error::msg)?;
     if !addr.ip().is_loopback() && !keys.is_enabled() && !cli.insecure_no_auth {
         anyhow::bail!(
             "ORCH_HTTP_ADDR: refusing to listen on non-loopback {addr} without ORCH_API_KEYS \
@@ -174,6 +201,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             adapter_notices: services.adapter_notices,
             defaults: training_defaults,
         },
+        Limits::new(
+            cli.max_concurrent_requests as usize,
+            Duration::from_millis(cli.request_timeout_ms),
+            cli.max_websockets as usize,
+        ),
     );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -181,7 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     tracing::info!("listening on http://{bound} (try: curl http://{bound}/health)");
     let stop = shutdown_token.clone();
-    axum::serve(listener, app::router(state, keys))
+    axum::serve(listener, app::router(state, Guards { keys, hosts }))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
     orchestrator_bootstrap::join_workers(workers).await?;

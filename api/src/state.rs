@@ -9,6 +9,8 @@ use orchestrator_queue::{JobHandler, QueueBackend};
 use orchestrator_training::{TrainingConfig, feedback::Feedback};
 use orchestrator_workflow::Workflows;
 
+use crate::limits::Limits;
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -25,6 +27,7 @@ pub struct AppState {
     /// Settings of runs started without any.
     pub training_defaults: Arc<TrainingConfig>,
     pub campaigns: Arc<Campaigns>,
+    pub limits: Limits,
 }
 
 /// The services behind the memory, workflow and campaign routes.
@@ -49,6 +52,7 @@ impl AppState {
         domains: Domains,
         index_roots: Vec<PathBuf>,
         training: Training,
+        limits: Limits,
     ) -> Self {
         Self {
             store,
@@ -61,6 +65,7 @@ impl AppState {
             adapter_notices: training.adapter_notices,
             training_defaults: Arc::new(training.defaults),
             campaigns: domains.campaigns,
+            limits,
         }
     }
 }

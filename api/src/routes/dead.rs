@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
 };
 use orchestrator_queue::{JobInfo, JobStatus};
@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     error::{ApiError, ApiResult, ErrorBody, in_range},
-    extract::ApiJson,
+    extract::{ApiJson, ApiQuery},
     routes::jobs::parse_job_id,
     state::AppState,
 };
@@ -54,7 +54,7 @@ pub struct Requeued {
 pub async fn list(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<DeadQuery>,
+    ApiQuery(query): ApiQuery<DeadQuery>,
 ) -> ApiResult<Json<DeadList>> {
     let limit = query.limit.unwrap_or(100);
     in_range("limit", Some(limit), 1..=MAX_LIST)?;

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use crate::{
     error::{ApiError, ApiResult, ErrorBody, in_range, shown},
-    extract::ApiJson,
+    extract::{ApiBytes, ApiJson},
     state::AppState,
 };
 
@@ -228,15 +228,26 @@ pub async fn get_pack(
 pub async fn reindex(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<IndexingStarted>)> {
     check_id(&id)?;
     // The body is optional: path packs are re-indexed with none.
     let body: Reindex = if body.iter().all(u8::is_ascii_whitespace) {
         Reindex::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))?
+        serde_json::from_slice(&body).map_err(|e| {
+            let code = if e.is_data() {
+                "invalid_field"
+            } else {
+                "malformed_json"
+            };
+            let status = if e.is_data() {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            ApiError::new(status, code, e.to_string())
+        })?
     };
     let pack = state.memory.packs.pack(&id).await?;
     let docs = match (pack.root, body.documents) {

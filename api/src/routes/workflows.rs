@@ -17,6 +17,7 @@ use tokio::sync::broadcast::{Receiver, error::RecvError};
 use crate::{
     error::{ApiError, ApiResult, ErrorBody, shown},
     extract::ApiJson,
+    limits::{WEBSOCKET_IDLE, WEBSOCKET_MAX_MESSAGE},
     state::AppState,
 };
 
@@ -82,6 +83,7 @@ pub async fn watch(
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     check_id(&id)?;
+    let slot = state.limits.websocket()?;
     // Subscribe before reading the snapshot, so nothing falls in between.
     let events = state.workflows.events().subscribe().await?;
     let snapshot = state
@@ -89,7 +91,12 @@ pub async fn watch(
         .snapshot(&id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    Ok(upgrade.on_upgrade(move |socket| stream(socket, state, id, snapshot, events)))
+    Ok(upgrade
+        .max_message_size(WEBSOCKET_MAX_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            stream(socket, state, id, snapshot, events).await;
+            drop(slot);
+        }))
 }
 
 async fn stream(
@@ -103,8 +110,14 @@ async fn stream(
     if watcher.send(&mut socket, snapshot).await.is_err() || watcher.finished {
         return;
     }
+    let mut idle_until = tokio::time::Instant::now() + WEBSOCKET_IDLE;
     loop {
         tokio::select! {
+            // Nothing either way for this long: a forgotten tab or a dead peer.
+            _ = tokio::time::sleep_until(idle_until) => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
             event = events.recv() => {
                 let body = match event {
                     Ok(event) if event.subject == id => event.body,
@@ -120,11 +133,13 @@ async fn stream(
                     let _ = socket.send(Message::Close(None)).await;
                     return;
                 }
+                idle_until = tokio::time::Instant::now() + WEBSOCKET_IDLE;
             }
             incoming = socket.recv() => {
                 if matches!(incoming, None | Some(Ok(Message::Close(_))) | Some(Err(_))) {
                     return;
                 }
+                idle_until = tokio::time::Instant::now() + WEBSOCKET_IDLE;
             }
         }
     }
