@@ -173,7 +173,11 @@ impl Backend {
 pub struct Setup {
     pub backend: Backend,
     pub data_dir: PathBuf,
+    /// `DATABASE_URL`; unset, processes in Redis mode are pointed at the
+    /// data directory's SQLite file explicitly (they share this host).
     pub database_url: Option<String>,
+    /// Start processes with no `DATABASE_URL` at all.
+    pub no_database_url: bool,
     pub extra_env: Vec<(String, String)>,
     /// A collection of its own when the tests run against Qdrant.
     pub qdrant_collection: String,
@@ -187,9 +191,16 @@ impl Setup {
             backend,
             data_dir,
             database_url: None,
+            no_database_url: false,
             extra_env: Vec::new(),
             qdrant_collection: format!("test_{}", uuid::Uuid::now_v7().simple()),
         }
+    }
+
+    /// The same setup with its store on a fresh PostgreSQL database.
+    pub async fn on_postgres(mut self) -> Self {
+        self.database_url = Some(fresh_postgres_database().await);
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -205,16 +216,31 @@ impl Setup {
                 cmd.env_remove(key);
             }
         }
+        // Fault payloads (panic, fail_attempts, long sleeps) are what the
+        // reliability tests are made of; one test checks they are refused
+        // without this operator setting.
         cmd.env("ORCH_DATA_DIR", &self.data_dir)
             .env("ORCH_MODELS_DIR", models_dir())
+            .env("ORCH_NOOP_FAULTS", "true")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
         if let Backend::Redis { url, prefix } = &self.backend {
             cmd.env("ORCH_REDIS_URL", url)
                 .env("ORCH_REDIS_PREFIX", prefix);
         }
-        if let Some(url) = &self.database_url {
-            cmd.env("DATABASE_URL", url);
+        match (&self.database_url, &self.backend) {
+            _ if self.no_database_url => {}
+            (Some(url), _) => {
+                cmd.env("DATABASE_URL", url);
+            }
+            (None, Backend::Redis { .. }) => {
+                let file = self.data_dir.join("orchestrator.db");
+                cmd.env(
+                    "DATABASE_URL",
+                    format!("sqlite://{}?mode=rwc", file.display()),
+                );
+            }
+            (None, Backend::Embedded) => {}
         }
         if let Some(url) = qdrant_url() {
             cmd.env("QDRANT_URL", url)

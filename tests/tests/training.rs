@@ -439,10 +439,24 @@ async fn bad_feedback_and_run_requests_get_4xx_and_change_nothing() {
 
 #[tokio::test]
 async fn a_trainer_killed_mid_run_publishes_nothing_and_another_trainer_finishes_the_run() {
-    let setup = Setup::new(Backend::redis())
+    trainer_killed_mid_run(false).await;
+}
+
+/// The run leases are conditional UPDATEs in the store: the same on
+/// PostgreSQL.
+#[tokio::test]
+async fn a_trainer_killed_mid_run_on_postgres_loses_the_lease_to_another() {
+    trainer_killed_mid_run(true).await;
+}
+
+async fn trainer_killed_mid_run(postgres: bool) {
+    let mut setup = Setup::new(Backend::redis())
         .env("ORCH_TRAIN_POLL_MS", "200")
         .env("ORCH_TRAIN_LEASE_MS", "2000")
         .env("ORCH_TRAIN_BATCH_THRESHOLD", "1000");
+    if postgres {
+        setup = setup.on_postgres().await;
+    }
     let api = setup.start_api(&[]).await;
     give_feedback(&api, &FACTS[..6]).await;
     assert_eq!(buffered(&api).await, 6, "six examples buffered");

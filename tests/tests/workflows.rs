@@ -318,11 +318,23 @@ fn calls_per_step(fake: &FakeLlm) -> HashMap<String, usize> {
 
 #[tokio::test]
 async fn concurrent_fan_in_workflows_run_every_task_exactly_once_across_worker_processes() {
+    fan_in_across_workers(false).await;
+}
+
+#[tokio::test]
+async fn concurrent_fan_in_workflows_run_every_task_exactly_once_on_postgres() {
+    fan_in_across_workers(true).await;
+}
+
+async fn fan_in_across_workers(postgres: bool) {
     let fake = FakeLlm::start().await;
-    let setup = setup(
+    let mut setup = setup(
         Backend::redis(),
         &remote("fast", &fake.base_url(), "fast", 0.9),
     );
+    if postgres {
+        setup = setup.on_postgres().await;
+    }
     let api = setup.start_api(&[]).await;
     let _workers: Vec<_> = (0..2)
         .map(|_| setup.start_worker(&["--queues", "inference", "--concurrency", "16"]))

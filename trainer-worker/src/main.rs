@@ -58,6 +58,7 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     cli.common.validate()?;
+    orchestrator_bootstrap::require_shared_store(&cli.common, "the trainer")?;
     let metrics_addr = cli
         .metrics_addr
         .as_deref()

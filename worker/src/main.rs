@@ -82,6 +82,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
+    let needs_store = cli
+        .queues
+        .iter()
+        .find(|q| *q != "noop")
+        .map(|q| format!("the {q} queue"))
+        .or(serves_campaigns.then(|| "a campaign".to_string()));
+    if let Some(work) = needs_store {
+        orchestrator_bootstrap::require_shared_store(&cli.common, &work)?;
+    }
     metrics::install();
     let serving = match (&cli.campaign, &cli.campaigns) {
         (Some(id), _) => format!("campaign {id}"),

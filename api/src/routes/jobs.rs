@@ -155,8 +155,12 @@ async fn resolve(state: &AppState, requests: Vec<JobRequest>) -> ApiResult<Vec<N
             }
         };
         if !settings.contains_key(&request.queue) {
+            let handler = state.handlers.get(request.queue.as_str());
+            if handler.is_some_and(|h| h.internal()) {
+                return Err(at(internal_queue(&request.queue)));
+            }
             let found = state.store.queue(&request.queue).await?;
-            let found = found.filter(|_| state.handlers.contains_key(request.queue.as_str()));
+            let found = found.filter(|_| handler.is_some());
             let Some(found) = found else {
                 return Err(at(unknown_queue(&request.queue)));
             };
@@ -174,6 +178,18 @@ fn unknown_queue(name: &str) -> ApiError {
         StatusCode::UNPROCESSABLE_ENTITY,
         "unknown_queue",
         format!("no queue named {shown:?}; GET /api/v1/queues lists them"),
+    )
+}
+
+fn internal_queue(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "internal_queue",
+        format!(
+            "queue {:?} is fed by the orchestrator itself (workflows, context packs); \
+             use their routes instead",
+            shown(name)
+        ),
     )
 }
 

@@ -26,11 +26,14 @@ pub const QUEUES: [&str; 3] = ["noop", EMBED_QUEUE, INFERENCE_QUEUE];
 /// service through `workflows` once it exists (the service needs the queue,
 /// which needs the handlers registered first).
 pub fn builtin(
+    config: &CommonConfig,
     memory: &Arc<Memory>,
     workflows: &Arc<OnceLock<Arc<Workflows>>>,
 ) -> Vec<Arc<dyn JobHandler>> {
     vec![
-        Arc::new(Noop),
+        Arc::new(Noop {
+            faults: config.noop_faults,
+        }),
         Arc::new(Embed::new(memory.clone())),
         Arc::new(Inference::new(workflows.clone())),
     ]
@@ -63,7 +66,7 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         PackStore::new(store.connection().clone()),
     ));
     let workflows_slot = Arc::new(OnceLock::new());
-    let handlers = builtin(&memory, &workflows_slot);
+    let handlers = builtin(config, &memory, &workflows_slot);
     let defaults: Vec<_> = handlers.iter().map(|h| (h.queue(), h.defaults())).collect();
     store.seed_queues(&defaults).await?;
     let queue = orchestrator_queue::connect(config).await?;
@@ -106,6 +109,20 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         adapter_notices,
         handlers,
     })
+}
+
+/// Refuses a process in Redis mode that would open a SQLite store of its own
+/// while `work` reads and writes the store the API uses: its tasks would
+/// fail later, one by one, on rows it cannot see.
+pub fn require_shared_store(config: &CommonConfig, work: &str) -> anyhow::Result<()> {
+    if config.is_embedded() || config.database_url.is_some() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "DATABASE_URL is not set, but with ORCH_REDIS_URL {work} reads and writes the store \
+         every process shares; set DATABASE_URL to the API's database (postgres://..., or \
+         sqlite://PATH of a file every process on this host opens)"
+    )
 }
 
 /// The operator's campaign allowlist, `ORCH_CAMPAIGN_ALLOW`.

@@ -67,6 +67,10 @@ pub struct CommonConfig {
     #[arg(long, env = "ORCH_CAMPAIGN_ALLOW", value_delimiter = ',')]
     pub campaign_allow: Vec<String>,
 
+    /// Let `noop` jobs panic, fail on purpose and sleep over a second (fault
+    /// tests); off, such payloads are refused at push.
+    #[arg(long, env = "ORCH_NOOP_FAULTS")]
+    pub noop_faults: bool,
 }
 
 /// A configuration value that failed validation, named after its variable.

@@ -54,6 +54,10 @@ impl JobHandler for Embed {
         EMBED_QUEUE
     }
 
+    fn internal(&self) -> bool {
+        true
+    }
+
     fn defaults(&self) -> QueueDefaults {
         // Embedding is CPU-bound and batched inside the model: two jobs at
         // once keep both cores busy without thrashing.

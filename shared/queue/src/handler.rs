@@ -27,6 +27,13 @@ pub trait JobHandler: Send + Sync + 'static {
     /// refused at push time with a clear message.
     fn validate(&self, payload: &Value) -> Result<(), String>;
 
+    /// Whether only the orchestrator itself feeds this queue (its jobs are
+    /// made by workflows, packs, campaigns...); such queues refuse jobs
+    /// pushed through the public API.
+    fn internal(&self) -> bool {
+        false
+    }
+
     /// Runs one attempt. Handlers must be idempotent: at-least-once delivery
     /// means a job can run again after a crash.
     async fn run(&self, job: &LeasedJob) -> Result<Value, JobError>;

@@ -12,8 +12,23 @@ use crate::{JobError, JobHandler, LeasedJob, QueueDefaults};
 
 /// Longest sleep a noop job may ask for: one hour.
 const MAX_SLEEP_MS: u64 = 3_600_000;
+/// Longest sleep without fault mode: probes and benchmarks need no more.
+pub const MAX_PLAIN_SLEEP_MS: u64 = 1_000;
 
-pub struct Noop;
+/// The `noop` handler. Fault mode (`ORCH_NOOP_FAULTS`, an operator setting)
+/// lets payloads panic, fail on purpose and sleep up to an hour; without
+/// it such payloads are refused, so no API caller can tie up workers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Noop {
+    pub faults: bool,
+}
+
+impl Noop {
+    /// A handler that accepts fault payloads (fault tests, benchmarks).
+    pub fn with_faults() -> Self {
+        Self { faults: true }
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +60,19 @@ fn parse(payload: &Value) -> Result<NoopPayload, String> {
     Ok(parsed)
 }
 
+/// What fault mode alone allows, if `payload` asks for it.
+fn needs_faults(payload: &NoopPayload) -> Option<&'static str> {
+    if payload.panic {
+        Some("panic")
+    } else if payload.fail_attempts > 0 {
+        Some("fail_attempts")
+    } else if payload.sleep_ms > MAX_PLAIN_SLEEP_MS {
+        Some("sleep_ms over 1000")
+    } else {
+        None
+    }
+}
+
 #[async_trait]
 impl JobHandler for Noop {
     fn queue(&self) -> &'static str {
@@ -60,7 +88,13 @@ impl JobHandler for Noop {
     }
 
     fn validate(&self, payload: &Value) -> Result<(), String> {
-        parse(payload).map(|_| ())
+        let parsed = parse(payload)?;
+        match needs_faults(&parsed) {
+            Some(what) if !self.faults => Err(format!(
+                "noop payload: {what} is for fault tests; the operator enables it with ORCH_NOOP_FAULTS=true"
+            )),
+            _ => Ok(()),
+        }
     }
 
     async fn run(&self, job: &LeasedJob) -> Result<Value, JobError> {
@@ -105,19 +139,38 @@ mod tests {
     #[tokio::test]
     async fn fails_the_asked_attempts_then_succeeds() {
         let payload = json!({"fail_attempts": 1});
-        assert!(Noop.run(&job(payload.clone(), 1)).await.is_err());
-        let done = Noop.run(&job(payload, 2)).await.unwrap();
+        let noop = Noop::with_faults();
+        assert!(noop.run(&job(payload.clone(), 1)).await.is_err());
+        let done = noop.run(&job(payload, 2)).await.unwrap();
         assert_eq!(done["attempt"], 2);
     }
 
     #[test]
     fn rejects_unknown_fields_and_long_sleeps() {
-        assert!(Noop.validate(&json!({"sleep": 5})).is_err());
+        let noop = Noop::with_faults();
+        assert!(noop.validate(&json!({"sleep": 5})).is_err());
         assert!(
-            Noop.validate(&json!({"sleep_ms": MAX_SLEEP_MS + 1}))
+            noop.validate(&json!({"sleep_ms": MAX_SLEEP_MS + 1}))
                 .is_err()
         );
-        assert!(Noop.validate(&json!({"sleep_ms": 5})).is_ok());
-        assert!(Noop.validate(&Value::Null).is_ok());
+        assert!(noop.validate(&json!({"sleep_ms": 5})).is_ok());
+        assert!(noop.validate(&Value::Null).is_ok());
+    }
+
+    #[test]
+    fn faults_need_the_operator_setting() {
+        let plain = Noop::default();
+        for payload in [
+            json!({"panic": true}),
+            json!({"fail_attempts": 1}),
+            json!({"sleep_ms": MAX_PLAIN_SLEEP_MS + 1}),
+        ] {
+            let err = plain.validate(&payload).unwrap_err();
+            assert!(err.contains("ORCH_NOOP_FAULTS"), "{err}");
+            Noop::with_faults().validate(&payload).unwrap();
+        }
+        plain
+            .validate(&json!({"sleep_ms": MAX_PLAIN_SLEEP_MS}))
+            .unwrap();
     }
 }

@@ -28,6 +28,10 @@ impl JobHandler for Inference {
         INFERENCE_QUEUE
     }
 
+    fn internal(&self) -> bool {
+        true
+    }
+
     fn defaults(&self) -> QueueDefaults {
         // Model calls mostly wait (remote) or hold a session (local); local
         // sessions are bounded by the model's own max_concurrency.

@@ -194,7 +194,7 @@ async fn backlog(
     let started = Instant::now();
     let run = tokio::spawn(worker::run(
         queue.clone(),
-        Arc::new(Noop),
+        Arc::new(Noop::default()),
         options,
         shutdown.clone(),
     ));
