@@ -3,7 +3,10 @@
 //! by its name:
 //!
 //! - `fail500*`: answers 500 to everything;
+//! - `unauthorized*`: answers 401 with a body the client must never see;
+//! - `huge*`: streams an endless body without Content-Length;
 //! - `slow*`: answers like any other model, after 300 ms;
+//! - `sleepy*`: answers like any other model, after 3 s;
 //! - any other: answers `answer from {model}: {step}` where step is the
 //!   task's "Your step:" line; asked to judge (a prompt ending in
 //!   "Verdict:"), it says FAIL for answers from models named `bad*` and
@@ -16,7 +19,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone)]
@@ -76,10 +86,29 @@ impl Drop for FakeLlm {
     }
 }
 
-async fn answer(
-    State(shared): State<Arc<Shared>>,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
+/// What an upstream's refusal said; tests check no client ever sees it.
+pub const UPSTREAM_SECRET: &str = "upstream-detail-7f3a: key sk-live-0000 rejected";
+
+async fn answer(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
+    let model = body["model"].as_str().unwrap_or_default();
+    if model.starts_with("unauthorized") {
+        let body = json!({"error": {"message": UPSTREAM_SECRET}});
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    }
+    if model.starts_with("huge") {
+        // 1 MiB chunks for ever: only a reader that counts stops.
+        let chunk = bytes::Bytes::from(vec![b' '; 1 << 20]);
+        let endless = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+        return Response::new(Body::from_stream(endless));
+    }
+    if model.starts_with("sleepy") {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+    let (status, body) = plain_answer(shared, body).await;
+    (status, body).into_response()
+}
+
+async fn plain_answer(shared: Arc<Shared>, body: Value) -> (StatusCode, Json<Value>) {
     let model = body["model"].as_str().unwrap_or_default().to_string();
     let user = body["messages"]
         .as_array()

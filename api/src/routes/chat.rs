@@ -13,7 +13,7 @@ use axum::{
     },
 };
 use orchestrator_core::now_ms;
-use orchestrator_llm::{self as llm, ChatMessage, GenerationParams, LlmError};
+use orchestrator_llm::{self as llm, ChatMessage, GenerationParams, LlmError, Penalties};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -47,6 +47,16 @@ pub struct ChatRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub n: Option<u32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// llama.cpp's and vLLM's extension: divides the logits of seen tokens.
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    /// llama.cpp's: how many latest tokens the penalties look at.
+    #[serde(default)]
+    pub repeat_last_n: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +88,12 @@ fn params(request: &ChatRequest) -> ApiResult<GenerationParams> {
         },
         seed: request.seed.unwrap_or(defaults.seed),
         ignore_eos: false,
+        penalties: Penalties {
+            repetition_penalty: request.repetition_penalty,
+            frequency_penalty: request.frequency_penalty,
+            presence_penalty: request.presence_penalty,
+            repeat_last_n: request.repeat_last_n,
+        },
     };
     llm::check_params(&params).map_err(ApiError::invalid)?;
     llm::check_messages(&request.messages).map_err(ApiError::invalid)?;

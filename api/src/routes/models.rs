@@ -1,6 +1,7 @@
 //! The model registry, as the scheduler sees it.
 
 use axum::{Json, extract::State};
+use orchestrator_llm::remote::redact_endpoint;
 use orchestrator_models::ModelSpec;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -33,9 +34,13 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<ModelList>> {
     let models = models
         .specs()
         .into_iter()
-        .map(|spec| ModelEntry {
-            in_flight: in_flight.get(&spec.id).copied().unwrap_or(0),
-            spec,
+        .map(|mut spec| {
+            // A base URL may carry credentials (https://user:pass@host/v1).
+            spec.base_url = spec.base_url.as_deref().map(redact_endpoint);
+            ModelEntry {
+                in_flight: in_flight.get(&spec.id).copied().unwrap_or(0),
+                spec,
+            }
         })
         .collect();
     Ok(Json(ModelList { models }))

@@ -61,6 +61,97 @@ pub struct GenerationParams {
     pub seed: u64,
     /// Keep generating past the end-of-turn token (benchmarks only).
     pub ignore_eos: bool,
+    /// Repetition penalties; unset ones take the model's defaults.
+    pub penalties: Penalties,
+}
+
+/// Penalties on tokens the conversation already holds, as llama.cpp and
+/// OpenAI define them. Small models loop without them: SmolLM2 at
+/// temperature 0 repeats its first line until max_tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Penalties {
+    /// llama.cpp's `repeat_penalty`: a seen token's logit is divided by it
+    /// (multiplied when negative). 1 is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    /// OpenAI's: subtracted once per occurrence of a token. 0 is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// OpenAI's: subtracted once from every token that occurred. 0 is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// How many of the latest tokens (prompt and answer) are looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_last_n: Option<u32>,
+}
+
+/// Most tokens a penalty window may span.
+pub const MAX_REPEAT_LAST_N: u32 = 4_096;
+
+impl Penalties {
+    /// These penalties, with unset ones taken from `defaults`.
+    pub fn or(self, defaults: Penalties) -> Penalties {
+        Penalties {
+            repetition_penalty: self.repetition_penalty.or(defaults.repetition_penalty),
+            frequency_penalty: self.frequency_penalty.or(defaults.frequency_penalty),
+            presence_penalty: self.presence_penalty.or(defaults.presence_penalty),
+            repeat_last_n: self.repeat_last_n.or(defaults.repeat_last_n),
+        }
+    }
+
+    /// Checks the ranges llama.cpp and OpenAI accept.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(p) = self.repetition_penalty
+            && !(0.5..=2.0).contains(&p)
+        {
+            return Err("repetition_penalty must be 0.5 to 2".into());
+        }
+        for (name, value) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if value.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+                return Err(format!("{name} must be -2 to 2"));
+            }
+        }
+        if self.repeat_last_n.is_some_and(|n| n > MAX_REPEAT_LAST_N) {
+            return Err(format!("repeat_last_n must be at most {MAX_REPEAT_LAST_N}"));
+        }
+        Ok(())
+    }
+
+    /// Whether any penalty is in effect.
+    pub fn active(&self) -> bool {
+        self.repetition_penalty.is_some_and(|p| p != 1.0)
+            || self.frequency_penalty.is_some_and(|p| p != 0.0)
+            || self.presence_penalty.is_some_and(|p| p != 0.0)
+    }
+
+    /// Applies the penalties to `logits` for the tokens in `history`'s
+    /// window.
+    pub fn apply(&self, logits: &mut [f32], history: &[u32]) {
+        let window = self.repeat_last_n.unwrap_or(64) as usize;
+        let recent = &history[history.len().saturating_sub(window)..];
+        let mut counts: std::collections::HashMap<u32, u32> = Default::default();
+        for &token in recent {
+            *counts.entry(token).or_default() += 1;
+        }
+        let repetition = self.repetition_penalty.unwrap_or(1.0);
+        let frequency = self.frequency_penalty.unwrap_or(0.0);
+        let presence = self.presence_penalty.unwrap_or(0.0);
+        for (token, count) in counts {
+            let Some(logit) = logits.get_mut(token as usize) else {
+                continue;
+            };
+            *logit = if *logit > 0.0 {
+                *logit / repetition
+            } else {
+                *logit * repetition
+            };
+            *logit -= count as f32 * frequency + presence;
+        }
+    }
 }
 
 impl Default for GenerationParams {
@@ -72,6 +163,7 @@ impl Default for GenerationParams {
             stop: Vec::new(),
             seed: 299_792_458,
             ignore_eos: false,
+            penalties: Penalties::default(),
         }
     }
 }
@@ -146,6 +238,7 @@ pub fn check_params(params: &GenerationParams) -> Result<(), String> {
     {
         return Err("top_p must be above 0 and at most 1".into());
     }
+    params.penalties.check()?;
     if params.stop.len() > 4 || params.stop.iter().any(|s| s.is_empty() || s.len() > 64) {
         return Err("stop: at most 4 strings of 1 to 64 bytes".into());
     }
@@ -181,6 +274,56 @@ mod tests {
         let huge = "x".repeat(MAX_MESSAGE_BYTES + 1);
         assert!(check_messages(&[ChatMessage::new("user", huge)]).is_err());
         assert!(check_messages(&[ChatMessage::new("user", "hi")]).is_ok());
+    }
+
+    #[test]
+    fn penalties_follow_llama_cpp_and_openai() {
+        let mut logits = vec![2.0, -2.0, 1.0, 0.5];
+        let history = [0, 1, 0, 3];
+        Penalties {
+            repetition_penalty: Some(2.0),
+            frequency_penalty: Some(0.1),
+            presence_penalty: Some(0.5),
+            repeat_last_n: Some(3),
+        }
+        .apply(&mut logits, &history);
+        // Window [1, 0, 3]: token 0 once, 1 once, 3 once; token 2 unseen.
+        assert_eq!(
+            logits,
+            vec![2.0 / 2.0 - 0.6, -2.0 * 2.0 - 0.6, 1.0, 0.5 / 2.0 - 0.6]
+        );
+        let unset = Penalties::default();
+        assert!(!unset.active());
+        let model = Penalties {
+            repetition_penalty: Some(1.1),
+            ..unset
+        };
+        let asked = Penalties {
+            repetition_penalty: Some(1.0),
+            ..unset
+        };
+        assert_eq!(unset.or(model).repetition_penalty, Some(1.1));
+        assert_eq!(asked.or(model).repetition_penalty, Some(1.0), "asked wins");
+        for bad in [
+            Penalties {
+                repetition_penalty: Some(0.0),
+                ..unset
+            },
+            Penalties {
+                frequency_penalty: Some(2.5),
+                ..unset
+            },
+            Penalties {
+                presence_penalty: Some(-3.0),
+                ..unset
+            },
+            Penalties {
+                repeat_last_n: Some(MAX_REPEAT_LAST_N + 1),
+                ..unset
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,10 @@
 use std::{
     io::Cursor,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Instant,
 };
 
@@ -40,6 +43,8 @@ pub struct LocalModel {
     end_of_turn: Vec<u32>,
     context_window: usize,
     sessions: Arc<Semaphore>,
+    /// Sessions decoding right now (never more than `sessions` allows).
+    decoding: Arc<AtomicUsize>,
     path: PathBuf,
 }
 
@@ -84,6 +89,7 @@ impl LocalModel {
             end_of_turn,
             context_window,
             sessions: Arc::new(Semaphore::new(sessions.max(1))),
+            decoding: Arc::default(),
             path: path.to_path_buf(),
         })
     }
@@ -97,6 +103,7 @@ impl LocalModel {
         Ok(Self {
             adapter: Some(Arc::new(adapter)),
             sessions: Arc::new(Semaphore::new(sessions.max(1))),
+            decoding: Arc::default(),
             ..self.clone()
         })
     }
@@ -126,8 +133,18 @@ impl LocalModel {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Sessions decoding at this moment.
+    pub fn decoding(&self) -> usize {
+        self.decoding.load(Ordering::SeqCst)
+    }
+
     /// Answers a conversation, streaming text pieces into `sink` as they are
     /// generated. Waits for a free session first.
+    ///
+    /// Dropping the returned future (the client went away, a timeout fired)
+    /// stops the decoding within one token; the session stays taken until
+    /// then, so the model never decodes more conversations than its
+    /// `max_concurrency`.
     pub async fn complete(
         self: &Arc<Self>,
         messages: &[ChatMessage],
@@ -135,7 +152,7 @@ impl LocalModel {
         sink: Option<TokenSink>,
     ) -> Result<Completion, LlmError> {
         let prompt = self.encode_chat(messages)?;
-        let _permit = self
+        let permit = self
             .sessions
             .clone()
             .acquire_owned()
@@ -143,10 +160,18 @@ impl LocalModel {
             .map_err(|_| LlmError::Unavailable("model is shutting down".into()))?;
         let model = self.clone();
         let params = params.clone();
-        tokio::task::spawn_blocking(move || model.generate(&prompt, &params, sink))
-            .await
-            .map_err(|e| LlmError::Unavailable(format!("generation task failed: {e}")))?
-            .map(|(completion, _)| completion)
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancelled.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            model.decoding.fetch_add(1, Ordering::SeqCst);
+            let result = model.generate_until(&prompt, &params, sink, &cancelled);
+            model.decoding.fetch_sub(1, Ordering::SeqCst);
+            result
+        })
+        .await
+        .map_err(|e| LlmError::Unavailable(format!("generation task failed: {e}")))?
+        .map(|(completion, _)| completion)
     }
 
     /// Generates from prompt token ids on the calling thread.
@@ -155,6 +180,17 @@ impl LocalModel {
         prompt: &[u32],
         params: &GenerationParams,
         sink: Option<TokenSink>,
+    ) -> Result<(Completion, Timings), LlmError> {
+        self.generate_until(prompt, params, sink, &AtomicBool::new(false))
+    }
+
+    /// Generates on the calling thread until done or `cancelled` is set.
+    fn generate_until(
+        &self,
+        prompt: &[u32],
+        params: &GenerationParams,
+        sink: Option<TokenSink>,
+        cancelled: &AtomicBool,
     ) -> Result<(Completion, Timings), LlmError> {
         if prompt.is_empty() {
             return Err(LlmError::Rejected("empty prompt".into()));
@@ -173,8 +209,18 @@ impl LocalModel {
             sink,
             prompt.len() + params.max_tokens as usize,
         )
-        .run(prompt)
+        .run(prompt, cancelled)
         .map_err(|e| LlmError::Unavailable(format!("local generation failed: {e:#}")))
+    }
+}
+
+/// Sets its flag when dropped: tells a blocking generation that nobody
+/// waits for it any more.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 
@@ -187,6 +233,9 @@ struct Session<'a> {
     params: &'a GenerationParams,
     sink: Option<TokenSink>,
     generated: Vec<u32>,
+    /// Every token fed to the model so far (prompt and answer), for the
+    /// repetition penalties.
+    history: Vec<u32>,
     text: String,
     /// Bytes of `text` already sent to the sink.
     sent: usize,
@@ -212,12 +261,17 @@ impl<'a> Session<'a> {
             params,
             sink,
             generated: Vec::new(),
+            history: Vec::new(),
             text: String::new(),
             sent: 0,
         }
     }
 
-    fn run(mut self, prompt: &[u32]) -> anyhow::Result<(Completion, Timings)> {
+    fn run(
+        mut self,
+        prompt: &[u32],
+        cancelled: &AtomicBool,
+    ) -> anyhow::Result<(Completion, Timings)> {
         let mut timings = Timings {
             prompt_tokens: prompt.len(),
             ..Timings::default()
@@ -237,6 +291,13 @@ impl<'a> Session<'a> {
             if self.generated.len() >= self.params.max_tokens as usize {
                 break FinishReason::Length;
             }
+            // The caller is gone (disconnect, timeout), or a streaming
+            // client closed its end: stop spending the core on it.
+            if cancelled.load(Ordering::Relaxed)
+                || self.sink.as_ref().is_some_and(|s| s.is_closed())
+            {
+                anyhow::bail!("cancelled: nobody waits for the answer");
+            }
             let position = prompt.len() + self.generated.len() - 1;
             next = self.step(&[next], position)?;
         };
@@ -255,6 +316,14 @@ impl<'a> Session<'a> {
     /// Runs the model over `tokens` at `position` and samples the next token.
     fn step(&mut self, tokens: &[u32], position: usize) -> anyhow::Result<u32> {
         let logits = self.state.forward(tokens, position)?;
+        let penalties = &self.params.penalties;
+        if !penalties.active() {
+            return Ok(self.sampler.sample(&logits)?);
+        }
+        self.history.extend_from_slice(tokens);
+        let mut values = logits.to_vec1::<f32>()?;
+        penalties.apply(&mut values, &self.history);
+        let logits = candle_core::Tensor::new(values, logits.device())?;
         Ok(self.sampler.sample(&logits)?)
     }
 
@@ -305,5 +374,82 @@ impl<'a> Session<'a> {
             }
             self.sent = upto;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Watches the decoding count for `window`, returning its peak.
+    async fn peak_over(model: &LocalModel, window: Duration) -> usize {
+        let mut peak = 0;
+        let until = Instant::now() + window;
+        while Instant::now() < until {
+            peak = peak.max(model.decoding());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        peak
+    }
+
+    /// 20 streaming clients on a model with 2 sessions. The two being
+    /// answered disconnect: their decoding stops and two waiting clients
+    /// take the sessions, never more than 2 decoding at once. Then everyone
+    /// disconnects: decoding stops within a token instead of running on to
+    /// max_tokens.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_generations_stop_and_never_exceed_the_session_limit() {
+        let model =
+            Arc::new(LocalModel::load(&crate::test_gguf(), 2, llama::Kernels::Fast).unwrap());
+        let params = GenerationParams {
+            max_tokens: 2_000,
+            ignore_eos: true,
+            ..GenerationParams::default()
+        };
+        let messages = [ChatMessage::new("user", "Count from one to a thousand.")];
+        let mut clients = Vec::new();
+        for _ in 0..20 {
+            let (sink, pieces) = tokio::sync::mpsc::unbounded_channel();
+            let (model, params, messages) = (model.clone(), params.clone(), messages.clone());
+            let task =
+                tokio::spawn(async move { model.complete(&messages, &params, Some(sink)).await });
+            clients.push((task, Some(pieces)));
+        }
+        assert_eq!(peak_over(&model, Duration::from_millis(1_500)).await, 2);
+        // The clients being answered are those that have received text.
+        let mut answered = 0;
+        for (task, pieces) in &mut clients {
+            if pieces.as_mut().is_some_and(|p| p.try_recv().is_ok()) {
+                task.abort();
+                *pieces = None;
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 2, "two clients were being answered");
+        let peak = peak_over(&model, Duration::from_millis(1_500)).await;
+        assert_eq!(
+            peak, 2,
+            "waiting clients took over the two sessions, no more"
+        );
+        // Everyone leaves.
+        for (task, pieces) in &mut clients {
+            task.abort();
+            *pieces = None;
+        }
+        let left = Instant::now();
+        while model.decoding() > 0 {
+            assert!(
+                left.elapsed() < Duration::from_millis(500),
+                "decoding went on after every client left"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            peak_over(&model, Duration::from_millis(300)).await,
+            0,
+            "no abandoned request started decoding"
+        );
     }
 }

@@ -15,7 +15,7 @@ use super::{ChatMessage, Completion, FinishReason, GenerationParams, LlmError, T
 
 /// Longest wait a `Retry-After` header may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Largest non-streamed answer body accepted.
+/// Largest answer accepted (a whole body, or a stream's text).
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// A client for one model on one server.
@@ -23,6 +23,8 @@ const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct RemoteClient {
     http: reqwest::Client,
     endpoint: String,
+    /// The endpoint as messages show it: no user info, no query.
+    shown: String,
     api_key: Option<String>,
     model: String,
     retries: u32,
@@ -33,7 +35,7 @@ impl std::fmt::Debug for RemoteClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // No key here, ever.
         f.debug_struct("RemoteClient")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.shown)
             .field("model", &self.model)
             .finish_non_exhaustive()
     }
@@ -52,9 +54,11 @@ impl RemoteClient {
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
             .build()?;
+        let endpoint = format!("{}/chat/completions", base_url.trim_end_matches('/'));
         Ok(Self {
             http,
-            endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            shown: redact_endpoint(&endpoint),
+            endpoint,
             api_key,
             model: model.to_string(),
             retries: 3,
@@ -110,6 +114,17 @@ impl RemoteClient {
         if !params.stop.is_empty() {
             body["stop"] = json!(params.stop);
         }
+        let penalties = &params.penalties;
+        if let Some(p) = penalties.frequency_penalty {
+            body["frequency_penalty"] = json!(p);
+        }
+        if let Some(p) = penalties.presence_penalty {
+            body["presence_penalty"] = json!(p);
+        }
+        // Not OpenAI's, but vLLM's and llama.cpp's servers read it.
+        if let Some(p) = penalties.repetition_penalty {
+            body["repetition_penalty"] = json!(p);
+        }
         if stream {
             body["stream_options"] = json!({"include_usage": true});
         }
@@ -122,24 +137,19 @@ impl RemoteClient {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(|e| Failure::Retryable {
-            message: format!("{} unreachable: {}", self.endpoint, without_url(&e)),
+            message: format!("{} unreachable: {}", self.shown, without_url(&e)),
             wait: None,
         })?;
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             let wait = retry_after(response.headers());
             return Err(Failure::Retryable {
-                message: format!("{} answered {status}", self.endpoint),
+                message: format!("{} answered {status}", self.shown),
                 wait,
             });
         }
         if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            let text: String = text.chars().take(300).collect();
-            return Err(Failure::Final(LlmError::Rejected(format!(
-                "{} answered {status}: {text}",
-                self.endpoint
-            ))));
+            return Err(Failure::Final(self.refused(status, response).await));
         }
         match sink {
             Some(sink) => self.read_stream(response, sink).await,
@@ -147,14 +157,43 @@ impl RemoteClient {
         }
     }
 
-    async fn read_whole(&self, response: reqwest::Response) -> Result<Completion, Failure> {
-        if response.content_length().unwrap_or(0) as usize > MAX_BODY_BYTES {
-            return Err(self.malformed("answer body too large"));
+    /// A final refusal: its body goes to the log under a reference, never
+    /// to our caller (it can hold anything the upstream chose to say).
+    /// Only a complaint about the request itself is the caller's problem;
+    /// anything else (bad credentials, unknown model) is ours.
+    async fn refused(&self, status: StatusCode, response: reqwest::Response) -> LlmError {
+        let reference = uuid::Uuid::now_v7().simple().to_string();
+        let body = read_capped(response, 4096).await.unwrap_or_default();
+        tracing::warn!(
+            endpoint = %self.shown,
+            %status,
+            reference = %reference,
+            body = %String::from_utf8_lossy(&body),
+            "model server refused a request"
+        );
+        let message = format!(
+            "{} answered {status} (the server log has its answer under reference {reference})",
+            self.shown
+        );
+        match status {
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNPROCESSABLE_ENTITY => LlmError::Rejected(message),
+            _ => LlmError::Unavailable(message),
         }
-        let bytes = response.bytes().await.map_err(|e| Failure::Retryable {
-            message: format!("reading the answer: {}", without_url(&e)),
-            wait: None,
-        })?;
+    }
+
+    async fn read_whole(&self, response: reqwest::Response) -> Result<Completion, Failure> {
+        // Content-Length may be absent (chunked) or lie: count as we read.
+        let bytes = read_capped(response, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => self.malformed("answer body too large"),
+                ReadError::Broken(message) => Failure::Retryable {
+                    message: format!("reading the answer: {message}"),
+                    wait: None,
+                },
+            })?;
         let answer: WholeAnswer =
             serde_json::from_slice(&bytes).map_err(|e| self.malformed(&e.to_string()))?;
         let choice = answer
@@ -207,6 +246,9 @@ impl RemoteClient {
                 }
                 for choice in chunk.choices {
                     if let Some(piece) = choice.delta.content.filter(|p| !p.is_empty()) {
+                        if completion.text.len() + piece.len() > MAX_BODY_BYTES {
+                            return Err(self.malformed("answer too large"));
+                        }
                         chunks += 1;
                         completion.text.push_str(&piece);
                         let _ = sink.send(piece);
@@ -221,7 +263,7 @@ impl RemoteClient {
             }
         }
         Err(Failure::Retryable {
-            message: format!("{} ended the stream without [DONE]", self.endpoint),
+            message: format!("{} ended the stream without [DONE]", self.shown),
             wait: None,
         })
     }
@@ -229,8 +271,43 @@ impl RemoteClient {
     fn malformed(&self, why: &str) -> Failure {
         Failure::Final(LlmError::Unavailable(format!(
             "{} sent a malformed answer: {why}",
-            self.endpoint
+            self.shown
         )))
+    }
+}
+
+enum ReadError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads a body, refusing it once it passes `cap` bytes.
+async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Vec<u8>, ReadError> {
+    if response.content_length().unwrap_or(0) as usize > cap {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ReadError::Broken(without_url(&e)))?;
+        if body.len() + chunk.len() > cap {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `endpoint` without user info or query, for messages and logs.
+pub fn redact_endpoint(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.to_string()
+        }
+        Err(_) => "<invalid URL>".into(),
     }
 }
 
@@ -362,6 +439,19 @@ mod tests {
                 "cut {cut}"
             );
         }
+    }
+
+    #[test]
+    fn endpoints_are_shown_without_credentials() {
+        assert_eq!(
+            redact_endpoint("https://user:s3cret@llm.example/v1/chat/completions?key=abc"),
+            "https://llm.example/v1/chat/completions"
+        );
+        assert_eq!(
+            redact_endpoint("http://127.0.0.1:9/v1"),
+            "http://127.0.0.1:9/v1"
+        );
+        assert_eq!(redact_endpoint("not a url"), "<invalid URL>");
     }
 
     #[test]

@@ -224,6 +224,11 @@ impl Models {
         };
         let spec = &spec;
         let started = Instant::now();
+        // The request's penalties win; unset ones are the model's defaults.
+        let params = &GenerationParams {
+            penalties: params.penalties.or(spec.sampling),
+            ..params.clone()
+        };
         let call = self.call(spec, messages, params, sink);
         let completion = tokio::time::timeout(Duration::from_secs(spec.timeout_s), call)
             .await

@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use orchestrator_llm::Kernels;
+use orchestrator_llm::{Kernels, Penalties};
 
 /// The registry shipped with the project.
 pub const DEFAULT_REGISTRY: &str = include_str!("../../../config/models.toml");
@@ -55,6 +55,14 @@ pub struct ModelSpec {
     /// Local: the matrix kernels, `fast` or `precise` (see README.md).
     #[serde(default, skip_serializing_if = "is_default")]
     pub kernels: Kernels,
+    /// Repetition penalties every request to this model gets unless it
+    /// sets its own.
+    #[serde(default, skip_serializing_if = "no_penalties")]
+    pub sampling: Penalties,
+}
+
+fn no_penalties(penalties: &Penalties) -> bool {
+    *penalties == Penalties::default()
 }
 
 fn is_default(kernels: &Kernels) -> bool {
@@ -93,9 +101,13 @@ impl ModelSpec {
         let id = &self.id;
         if !valid_id(id) {
             return Err(format!(
-                "model id {id:?}: 1 to 64 characters of a-z, 0-9, '.', '_', '-', '@'"
+                "model id {id:?}: 1 to 64 characters of a-z, 0-9, '.', '_', '-', '@', \
+                 starting with a letter or digit, without '..'"
             ));
         }
+        self.sampling
+            .check()
+            .map_err(|e| format!("model {id}: sampling: {e}"))?;
         match self.provider {
             ProviderKind::Local => {
                 let file = self.file.as_deref().unwrap_or("");
@@ -152,10 +164,16 @@ impl ModelSpec {
     }
 }
 
-/// Ids: lower-case letters, digits and `._-@` (the `@` names adapters).
+/// Ids: lower-case letters, digits and `._-@` (the `@` names adapters),
+/// starting with a letter or digit and without `..`: ids name directories
+/// (adapters, weights), so none may climb out of its parent.
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
+    id.len() <= 64
+        && id
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && !id.contains("..")
         && id
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-@".contains(c))
@@ -232,6 +250,19 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_cannot_name_a_path_outside_their_directory() {
+        for good in ["smollm2", "gpt-4o.mini", "smollm2@adapter-v3", "a"] {
+            assert!(valid_id(good), "{good}");
+        }
+        for bad in [
+            "", "..", ".", ".hidden", "a..b", "../etc", "a/b", "A", "-x", "@latest",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+        assert!(!valid_id(&"a".repeat(65)));
+    }
 
     #[test]
     fn shipped_registry_parses() {

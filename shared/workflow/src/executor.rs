@@ -143,7 +143,9 @@ impl Workflows {
                     });
                 }
                 Ok((validator, verdict)) => {
-                    self.learn(task, &answer, true, Some(false)).await;
+                    // An unclear verdict says nothing about the answer's model.
+                    let validated = verdict.clear.then_some(false);
+                    self.learn(task, &answer, true, validated).await;
                     attempts.push(json!({
                         "model": model, "outcome": "rejected",
                         "validator": validator, "reason": verdict.reason,
@@ -215,26 +217,31 @@ impl Workflows {
         params: &GenerationParams,
         attempts: &mut Vec<Value>,
     ) -> Option<Answer> {
-        match self.models.complete(model, messages, params, None).await {
-            Ok(answer) if !answer.completion.text.trim().is_empty() => {
-                attempts.push(
-                    json!({"model": model, "outcome": "answered", "latency_ms": answer.latency_ms}),
-                );
-                Some(answer)
-            }
-            Ok(_) => {
-                attempts.push(json!({"model": model, "outcome": "error", "error": "empty answer"}));
-                self.record_failure(task, model).await;
-                None
-            }
+        let answer = match self.models.complete(model, messages, params, None).await {
+            Ok(answer) => answer,
             Err(err) => {
                 tracing::info!(task = %task.id, model, error = %err, "model failed; trying the next");
                 attempts
                     .push(json!({"model": model, "outcome": "error", "error": err.to_string()}));
                 self.record_failure(task, model).await;
-                None
+                return None;
             }
+        };
+        let text = &answer.completion.text;
+        let refused = if text.trim().is_empty() {
+            Some(json!({"model": model, "outcome": "error", "error": "empty answer"}))
+        } else {
+            judge::degenerate(text)
+                .map(|why| json!({"model": model, "outcome": "rejected", "reason": why}))
+        };
+        if let Some(attempt) = refused {
+            attempts.push(attempt);
+            self.record_failure(task, model).await;
+            return None;
         }
+        attempts
+            .push(json!({"model": model, "outcome": "answered", "latency_ms": answer.latency_ms}));
+        Some(answer)
     }
 
     /// The first of `validators` that answers judges `answer`.

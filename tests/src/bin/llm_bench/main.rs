@@ -2,6 +2,8 @@
 //!
 //! - `generate`: prompt (prefill) and decode tokens/s of the local
 //!   provider on a GGUF, greedy, for a fixed number of new tokens.
+//! - `loops`: the share of looping answers on 20 fixed prompts, with and
+//!   without repetition penalties (how models.toml's defaults were chosen);
 //! - `tokenize`: the token ids of a text under the GGUF's own tokenizer
 //!   (compared with llama.cpp's by the bench script).
 //!
@@ -51,6 +53,17 @@ enum Bench {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Share of answers that loop (as the workflow executor judges them)
+    /// on 20 fixed prompts, greedy, for each repetition penalty listed
+    /// (1 = none, llama.cpp's default).
+    Loops {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "1.0,1.1,1.15,1.2")]
+        repetition_penalties: Vec<f32>,
+        #[arg(long, default_value_t = 256)]
+        tokens: u32,
+    },
     /// Print the token ids of --text.
     Tokenize {
         #[arg(long)]
@@ -60,6 +73,7 @@ enum Bench {
     },
 }
 
+mod loops;
 mod workflows;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -91,6 +105,11 @@ fn main() -> anyhow::Result<()> {
             count,
             concurrency,
         } => tokio::runtime::Runtime::new()?.block_on(workflows::run(&api, count, concurrency)),
+        Bench::Loops {
+            model,
+            repetition_penalties,
+            tokens,
+        } => loops::run(&model, &repetition_penalties, tokens),
         Bench::Tokenize { model, text } => {
             let model = LocalModel::load(&model, 1, Kernels::default())?;
             let ids = model
