@@ -154,6 +154,7 @@ pub fn router(state: AppState, guards: Guards) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .layer(middleware::from_fn(crate::error::json_errors))
         .layer(middleware::from_fn_with_state(
             limits,
             crate::limits::enforce,

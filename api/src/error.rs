@@ -3,8 +3,9 @@
 
 use axum::{
     Json,
-    extract::rejection::JsonRejection,
-    http::StatusCode,
+    extract::{Request, rejection::JsonRejection},
+    http::{StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -124,4 +125,52 @@ pub fn in_range<T: PartialOrd + std::fmt::Display>(
 /// characters, so a hostile name cannot bloat the reply.
 pub fn shown(name: &str) -> String {
     name.chars().take(64).collect()
+}
+
+/// Longest plain-text error body turned into a JSON message.
+const MAX_PLAIN_ERROR: usize = 4096;
+
+/// Middleware: an error answered in plain text (axum's own rejections of a
+/// path that does not decode, a websocket request without upgrade headers,
+/// a body over a route's limit) is turned into the API's JSON error body,
+/// so every error has the same shape. Headers such as `Allow`,
+/// `Retry-After` and `WWW-Authenticate` are kept.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        _ if status.is_server_error() => "internal_error",
+        _ => "request_refused",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut json = ApiError::new(status, code, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }

@@ -114,6 +114,30 @@ async fn unknown_routes_and_methods_answer_json() {
     let (status, body) = api.get("/api/v1/jobs/batch").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    // axum's own rejections: a path that does not decode, a query string
+    // of the wrong type, a websocket route asked without upgrade headers.
+    let websocket = format!("/ws/workflows/{}", uuid::Uuid::now_v7());
+    for (path, status) in [
+        ("/api/v1/jobs/%FF%FE", Some(StatusCode::BAD_REQUEST)),
+        (
+            "/api/v1/queues/noop/dead?limit=many",
+            Some(StatusCode::UNPROCESSABLE_ENTITY),
+        ),
+        (websocket.as_str(), None),
+    ] {
+        let response = api.http.get(api.url(path)).send().await.unwrap();
+        assert!(
+            response.status().is_client_error(),
+            "{path}: {}",
+            response.status()
+        );
+        if let Some(status) = status {
+            assert_eq!(response.status(), status, "{path}");
+        }
+        let body: Value = response.json().await.expect("a JSON body");
+        assert!(body["error"]["code"].is_string(), "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+    }
 }
 
 #[tokio::test]
