@@ -9,6 +9,7 @@ mod m20261124_000002_create_context_packs;
 mod m20261124_000003_create_workflows;
 mod m20261124_000004_create_training;
 mod m20261124_000005_create_campaigns;
+mod m20261130_000006_create_adapter_files;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_create_workflows::Migration),
             Box::new(m20261124_000004_create_training::Migration),
             Box::new(m20261124_000005_create_campaigns::Migration),
+            Box::new(m20261130_000006_create_adapter_files::Migration),
         ]
     }
 }

@@ -284,6 +284,54 @@ async fn feedback_becomes_an_adapter_served_as_latest_and_a_worse_run_is_rejecte
     assert!(metrics.contains("orchestrator_training_loss{base_model=\"smollm2\"}"));
 }
 
+/// Distributed mode: the trainer writes the adapter to its own disk and
+/// into the store; a second API process with its own data directory, which
+/// cannot see the trainer's files, loads it from the store and serves it.
+#[tokio::test]
+async fn an_adapter_trained_elsewhere_serves_from_another_api_through_the_store() {
+    let setup = Setup::new(Backend::redis())
+        .env("ORCH_TRAIN_POLL_MS", "200")
+        .env("ORCH_TRAIN_BATCH_THRESHOLD", "1000")
+        .on_postgres()
+        .await;
+    let api = setup.start_api(&[]).await;
+    let _trainer = setup.start_trainer(&[]);
+    give_feedback(&api, &FACTS[..6]).await;
+    let (status, run) = api
+        .post(
+            "/api/v1/training/runs",
+            &json!({"config": run_config(2e-3, 6)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    let run = wait_for_run(
+        &api,
+        run["id"].as_str().unwrap(),
+        &["promoted", "rejected", "failed"],
+    )
+    .await;
+    assert_eq!(run["status"], "promoted", "{run}");
+    // The trainer's directory is on "another machine": gone from here.
+    let location = adapters(&api).await[0]["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_dir_all(&location).unwrap();
+
+    let mut elsewhere = setup.clone();
+    elsewhere.data_dir =
+        std::env::temp_dir().join(format!("orch-test-{}", uuid::Uuid::now_v7().simple()));
+    let other = elsewhere.start_api(&[]).await;
+    let (name, _) = FACTS[0];
+    let (_, served_by) = ask(&other, "smollm2@latest", &prompt(name)).await;
+    assert_eq!(served_by, "smollm2@adapter-v1");
+    let copy = elsewhere
+        .data_dir
+        .join("adapter-cache")
+        .join("smollm2@adapter-v1");
+    check_peft_files(&copy);
+}
+
 /// The adapter directory holds what PEFT reads: the config and LoRA pairs
 /// named and shaped as PEFT names and shapes them for SmolLM2-135M.
 fn check_peft_files(dir: &Path) {

@@ -76,11 +76,14 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         Some(url) => Feedback::redis(store.connection().clone(), url, &config.redis_prefix).await?,
         None => Feedback::embedded(store.connection().clone()),
     });
-    let models = Arc::new(Models::new(
-        registry,
-        config.models_dir.clone(),
-        store.connection().clone(),
-    )?);
+    let models = Arc::new(
+        Models::new(
+            registry,
+            config.models_dir.clone(),
+            store.connection().clone(),
+        )?
+        .with_adapter_cache(config.data_dir.join("adapter-cache")),
+    );
     models.refresh_adapters().await?;
     follow_adapters(models.clone(), &adapter_notices).await?;
     let workflows = Arc::new(Workflows::new(

@@ -12,6 +12,7 @@
 //! It stands on the store and the LLM providers and must not know queues,
 //! workflows or the trainer's loop.
 
+pub mod adapter_files;
 pub mod adapters;
 pub mod registry;
 pub mod scheduler;
@@ -58,6 +59,8 @@ pub struct Models {
     /// connections.
     remote: HashMap<String, RemoteClient>,
     adapters: RwLock<AdapterTable>,
+    /// Copies of adapters whose trainer's directory this process cannot read.
+    adapter_cache: PathBuf,
 }
 
 /// The adapters that may serve, as last read from the store.
@@ -97,7 +100,15 @@ impl Models {
             local: Mutex::new(HashMap::new()),
             remote,
             adapters: RwLock::new(AdapterTable::default()),
+            adapter_cache: std::env::temp_dir().join("orchestrator-adapters"),
         })
+    }
+
+    /// Where adapters written on another machine are copied to from the
+    /// store before loading (default: a folder in the temporary directory).
+    pub fn with_adapter_cache(mut self, dir: PathBuf) -> Self {
+        self.adapter_cache = dir;
+        self
     }
 
     pub fn registry(&self) -> &Registry {
@@ -296,7 +307,11 @@ impl Models {
             let base = Box::pin(self.local(base)).await?;
             return slot
                 .get_or_try_init(|| async move {
-                    let dir = PathBuf::from(&adapter.location);
+                    let dir = adapter_files::local_dir(&self.db, &adapter, &self.adapter_cache)
+                        .await
+                        .map_err(|e| {
+                            LlmError::Unavailable(format!("adapter {}: {e:#}", adapter.id))
+                        })?;
                     tokio::task::spawn_blocking(move || base.with_adapter(&dir, sessions))
                         .await
                         .map_err(|e| LlmError::Unavailable(format!("loading failed: {e}")))?

@@ -38,7 +38,7 @@ use orchestrator_core::{
     metrics::{FEEDBACK, TRAINING_LOSS, TRAINING_RUNS, TRAINING_TOKENS_PER_SEC},
 };
 use orchestrator_models::{
-    Models,
+    Models, adapter_files,
     adapters::{self, status as adapter_status},
 };
 
@@ -292,7 +292,12 @@ impl Trainer {
         else {
             return Ok(None);
         };
-        let path = PathBuf::from(&active.location);
+        let path = adapter_files::local_dir(
+            &self.db,
+            &active,
+            &self.settings.adapters_dir.join(".from-store"),
+        )
+        .await?;
         let shape: Option<orchestrator_llm::lora::AdapterConfig> =
             std::fs::read(path.join(orchestrator_llm::lora::CONFIG_FILE))
                 .ok()
@@ -389,6 +394,8 @@ impl Trainer {
             adapter_state,
         )
         .await?;
+        // Processes on other machines load the adapter from the store.
+        adapter_files::store(&txn, &adapter.id, &dir).await?;
         // Progress first: `finish` ends the lease the heartbeat checks.
         runs::heartbeat(&txn, &run.id, &self.settings.owner, 0, &trained.progress).await?;
         let ended = runs::finish(

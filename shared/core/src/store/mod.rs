@@ -3,6 +3,7 @@
 //! queue registry; jobs themselves live in the queue backend.
 
 pub mod adapter_entity;
+pub mod adapter_file_entity;
 pub mod campaign_entity;
 pub mod campaign_result_entity;
 pub mod campaign_url_entity;
