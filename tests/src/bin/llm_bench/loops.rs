@@ -56,7 +56,9 @@ pub fn run(path: &Path, penalties: &[f32], tokens: u32) -> anyhow::Result<()> {
         println!(
             "{}",
             json!({
-                "bench": "loops", "repetition_penalty": penalty, "prompts": PROMPTS.len(),
+                "bench": "loops",
+                "repetition_penalty": (f64::from(penalty) * 1000.0).round() / 1000.0,
+                "prompts": PROMPTS.len(),
                 "looped": looped, "loop_share": looped as f64 / PROMPTS.len() as f64,
                 "mean_words": words / PROMPTS.len(),
             })
