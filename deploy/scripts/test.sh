@@ -18,4 +18,7 @@ fi
 # The MLX training backend (cargo feature `mlx`) on MLX's CPU build from
 # PyPI: built against it and checked against the candle backend.
 eval "$(bash deploy/scripts/setup-mlx.sh)"
-ORCH_MODELS_DIR="$PWD/models" cargo test -p orchestrator-training --features mlx --lib mlx_backend
+# Selected as the whole workspace so dependency features resolve as in the
+# build above (with -p orchestrator-training alone they resolve for that
+# crate only and more of them rebuild: about 10 min here against 6.3).
+ORCH_MODELS_DIR="$PWD/models" cargo test --workspace --features orchestrator-training/mlx --lib mlx_backend
