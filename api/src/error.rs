@@ -169,7 +169,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     let mut json = ApiError::new(status, code, message).into_response();
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            json.headers_mut().insert(name.clone(), value.clone());
+            json.headers_mut().append(name.clone(), value.clone());
         }
     }
     json

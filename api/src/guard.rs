@@ -125,8 +125,8 @@ fn refusal(hosts: &AllowedHosts, method: &Method, headers: &HeaderMap) -> Option
     let cross_fetch = matches!(fetch_site, "cross-site" | "same-site");
     let foreign_origin = headers
         .get(header::ORIGIN)
-        .map(|origin| !same_origin(origin.to_str().unwrap_or("null"), host));
-    if cross_fetch || foreign_origin == Some(true) {
+        .is_some_and(|origin| !same_origin(origin.to_str().unwrap_or("null"), host));
+    if cross_fetch || foreign_origin {
         return Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_origin_refused",
