@@ -15,6 +15,7 @@ mod llama_config;
 pub use llama::Kernels;
 pub mod local;
 pub mod lora;
+pub mod quant;
 pub mod remote;
 
 use serde::{Deserialize, Serialize};

@@ -1,12 +1,11 @@
-//! The local provider: a llama-architecture GGUF run with candle on the CPU.
+//! The local provider: a llama-architecture GGUF run on the CPU.
 //!
-//! The weights load once; every session clones the model, which shares the
-//! weight tensors and owns only its KV cache, so several conversations run
+//! The weights load once (memory-mapped); every session clones the model,
+//! which shares the weights and owns only its KV cache, so several conversations run
 //! against one loaded model at once (bounded by the model's
 //! `max_concurrency`).
 
 use std::{
-    io::Cursor,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -16,7 +15,6 @@ use std::{
 };
 
 use anyhow::Context;
-use candle_core::quantized::gguf_file;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::Tokenizer;
 use tokio::sync::Semaphore;
@@ -61,11 +59,7 @@ impl LocalModel {
     /// Loads a GGUF file. `sessions` bounds how many conversations run at
     /// once.
     pub fn load(path: &Path, sessions: usize, kernels: llama::Kernels) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read model weights {}", path.display()))?;
-        let mut reader = Cursor::new(bytes);
-        let content = gguf_file::Content::read(&mut reader)
-            .with_context(|| format!("{} is not a GGUF file", path.display()))?;
+        let (map, content) = llama::map_gguf(path)?;
         let tokenizer = gguf_tokenizer::from_gguf(&content)?;
         let end_of_turn = gguf_tokenizer::end_of_turn_ids(&content, &tokenizer);
         let template = content
@@ -79,7 +73,7 @@ impl LocalModel {
             .and_then(|v| v.to_u32().ok())
             .unwrap_or(2_048) as usize;
         let context_window = trained_context.min(MAX_CONTEXT);
-        let weights = llama::Weights::from_gguf(&content, &mut reader, context_window, kernels)
+        let weights = llama::Weights::from_gguf(&content, &map, context_window, kernels)
             .with_context(|| format!("loading {}", path.display()))?;
         Ok(Self {
             weights: Arc::new(weights),
@@ -110,6 +104,11 @@ impl LocalModel {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The matrix kernels this model runs on (see [`llama::Kernels`]).
+    pub fn kernels(&self) -> String {
+        self.weights.kernels()
     }
 
     pub fn context_window(&self) -> usize {
@@ -402,7 +401,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn abandoned_generations_stop_and_never_exceed_the_session_limit() {
         let model =
-            Arc::new(LocalModel::load(&crate::test_gguf(), 2, llama::Kernels::Fast).unwrap());
+            Arc::new(LocalModel::load(&crate::test_gguf(), 2, llama::Kernels::Native).unwrap());
         let params = GenerationParams {
             max_tokens: 2_000,
             ignore_eos: true,

@@ -317,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn kernels_default_to_fast_and_precise_is_kept() {
+    fn kernels_default_to_native_and_precise_is_kept() {
         let text =
             "[[model]]\nid = \"a\"\nprovider = \"local\"\nfile = \"x\"\nkernels = \"precise\"";
         assert_eq!(
@@ -325,7 +325,7 @@ mod tests {
             Kernels::Precise
         );
         let smol = Registry::parse(DEFAULT_REGISTRY).unwrap();
-        assert_eq!(smol.get("smollm2").unwrap().kernels, Kernels::Fast);
+        assert_eq!(smol.get("smollm2").unwrap().kernels, Kernels::Native);
     }
 
     #[test]
