@@ -12,6 +12,11 @@ import time
 
 # The weights are local; never let a missing file turn into a hub download.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The thread count of our side (RAYON_NUM_THREADS, 2 in bench-memory.sh),
+# also for the OpenMP runtime torch starts at import; --threads sets torch's
+# own counts below. bench-memory.sh exports it already; this covers a
+# direct run.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import torch  # noqa: E402
 import sentence_transformers  # noqa: E402
@@ -41,6 +46,15 @@ def read_texts(path):
     return [line.rstrip("\r") for line in lines if line.strip()]
 
 
+def thread_pools():
+    """The native thread pools loaded in this process and their sizes."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return sorted(f"{p.get('internal_api')}:{p.get('num_threads')}" for p in threadpool_info())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True, help="sentence-transformers model dir")
@@ -51,6 +65,7 @@ def main():
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(args.threads)
     model = load_model(args.model)
     texts = read_texts(args.texts)
     if not texts:
@@ -84,11 +99,20 @@ def main():
             )
             f.write("\n")
 
+    # Word-pieces per text as the model sees them (special tokens included,
+    # truncated at max_seq_length 256), outside the timed part.
+    lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
+
     print(json.dumps({
         "peer": "sentence-transformers",
+        "avg_word_pieces": round(sum(lengths) / len(lengths), 3),
         "version": sentence_transformers.__version__,
         "torch": torch.__version__,
         "texts": len(texts),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "thread_pools": thread_pools(),
         "seconds": seconds,
         "embeddings_per_s": len(texts) / seconds,
     }))

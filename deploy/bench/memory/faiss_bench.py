@@ -8,7 +8,15 @@ score its own recall against the same answers. Prints one JSON line.
 """
 import argparse
 import json
+import os
 import time
+
+# The thread count of our side (RAYON_NUM_THREADS, 2 in bench-memory.sh)
+# for the OpenMP and BLAS runtimes faiss loads; --threads sets faiss' own
+# OpenMP count below. bench-memory.sh exports them already; this covers a
+# direct run.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 
 import faiss
 import numpy as np
@@ -38,6 +46,15 @@ def search_single(index, queries, k):
 def recall(ids, truth, k):
     hits = sum(len(set(a[:k]) & set(b[:k])) for a, b in zip(ids, truth))
     return hits / (len(truth) * k)
+
+
+def thread_pools():
+    """The native thread pools loaded in this process and their sizes."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return sorted(f"{p.get('internal_api')}:{p.get('num_threads')}" for p in threadpool_info())
 
 
 def main():
@@ -88,6 +105,8 @@ def main():
         "version": faiss.__version__,
         "n": len(base),
         "nq": len(queries),
+        "threads": faiss.omp_get_max_threads(),
+        "thread_pools": thread_pools(),
         "flat": {"qps_single": len(queries) / single_s, "qps_batch": len(queries) / batch_s},
         "hnsw": {"build_s": build_s, "M": M, "ef_construction": EF_CONSTRUCTION, "runs": runs},
     }))

@@ -23,6 +23,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch  # noqa: E402
 import peft  # noqa: E402
+import transformers  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -55,7 +56,9 @@ def parse_args():
     p.add_argument("--alpha", type=float, default=32)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads the other engine uses; PyTorch's own default is kept "
+                        "when it already equals this, set to it otherwise")
     p.add_argument("--save-adapter", metavar="DIR", help="save the adapter (safetensors) here")
     return p.parse_args()
 
@@ -106,7 +109,15 @@ def collate(batch, pad_id):
 def main():
     args = parse_args()
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
+    # PyTorch's default intra-op thread count is the number of physical cores
+    # (or OMP_NUM_THREADS / MKL_NUM_THREADS when set). On the 2-core bench
+    # machine (1 thread per core) that is already 2, the same as our side's
+    # RAYON_NUM_THREADS=2, so nothing is changed. Only where the default
+    # differs (more cores, or a variable set) is it set to the other side's
+    # count, so that both sides use the same number of threads.
+    default_threads = torch.get_num_threads()
+    if default_threads != args.threads:
+        torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
@@ -131,11 +142,16 @@ def main():
     if pad_id is None:
         pad_id = tokenizer.eos_token_id
     print(f"loaded {args.gguf}: {trainable} trainable parameters, {len(examples)} examples, "
-          f"rss {load_rss:.0f} MiB", file=sys.stderr)
+          f"rss {load_rss:.0f} MiB; torch threads {torch.get_num_threads()} "
+          f"(default here {default_threads}"
+          f"{'' if default_threads == args.threads else ', set to match the other engine'})",
+          file=sys.stderr)
 
     order_rng = random.Random(args.seed)
     model.train()
     losses, train_tokens, steps = [], 0, 0
+    # The timed loop does the training step and nothing else: no prints, no
+    # evaluation, no per-step .item(); losses stay detached tensors until after.
     cpu_start = os.times()
     start = time.perf_counter()
     for epoch in range(args.epochs):
@@ -148,16 +164,20 @@ def main():
             out.loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(out.loss.item())
+            losses.append(out.loss.detach())
             train_tokens += int(mask.sum())
             steps += 1
-        print(f"epoch {epoch + 1}/{args.epochs}: last loss {losses[-1]:.4f}", file=sys.stderr)
     seconds = time.perf_counter() - start
     cpu_end = os.times()
+    losses = [loss.item() for loss in losses]
+    per_epoch = -(-len(examples) // args.batch_size)
+    for epoch in range(args.epochs):
+        print(f"epoch {epoch + 1}/{args.epochs}: last loss "
+              f"{losses[min(len(losses), (epoch + 1) * per_epoch) - 1]:.4f}", file=sys.stderr)
     cpu = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
     # Well under threads x seconds means the threads waited: another process
     # held the cores, and tokens_per_sec understates this machine.
-    print(f"training loop: {seconds:.1f} s wall, {cpu:.1f} s CPU on {args.threads} threads",
+    print(f"training loop: {seconds:.1f} s wall, {cpu:.1f} s CPU on {torch.get_num_threads()} threads",
           file=sys.stderr)
 
     if args.save_adapter:
@@ -173,8 +193,12 @@ def main():
         "loss_last": round(losses[-1], 4),
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "load_rss_mib": round(load_rss, 1),
+        "threads": torch.get_num_threads(),
+        "threads_default": default_threads,
+        "cpu_seconds": round(cpu, 3),
         "torch": torch.__version__,
         "peft": peft.__version__,
+        "transformers": transformers.__version__,
     }), flush=True)
 
 

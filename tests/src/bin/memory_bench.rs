@@ -120,10 +120,18 @@ fn embed(texts: &Path, models_dir: &Path) -> anyhow::Result<()> {
     let vectors = embedder.embed(&lines)?;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(vectors.len() == lines.len());
+    // Word-pieces per text (special tokens included), as the model sees
+    // them: truncated at the encoder's 256, and before truncation.
+    let counts: Vec<usize> = lines.iter().map(|l| embedder.count_tokens(l)).collect();
+    let mean = |f: &dyn Fn(usize) -> usize| {
+        counts.iter().map(|&n| f(n)).sum::<usize>() as f64 / counts.len().max(1) as f64
+    };
     println!(
         "{}",
         json!({
             "bench": "embed", "engine": "orchestrator", "texts": lines.len(),
+            "avg_word_pieces": round(mean(&|n| n.min(256))),
+            "avg_word_pieces_untruncated": round(mean(&|n| n)),
             "threads": rayon::current_num_threads(), "load_s": round(load_s),
             "seconds": round(seconds), "embeddings_per_s": round(lines.len() as f64 / seconds),
         })
@@ -228,7 +236,9 @@ fn search(n: usize, queries: usize, dimension: usize, out: &Path) -> anyhow::Res
         json!({
             "bench": "search", "engine": "orchestrator", "n": n, "nq": queries,
             "threads": rayon::current_num_threads(),
-            "exact": {"qps_single": round(exact_qps)},
+            // What one exact query scans: every f32 vector.
+            "exact": {"qps_single": round(exact_qps),
+                      "scan_mb_per_query": round((n * dimension * 4) as f64 / 1e6)},
             "hnsw": {"build_s": round(build_s), "runs": runs},
         })
     );

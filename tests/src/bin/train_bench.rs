@@ -68,12 +68,22 @@ fn main() -> anyhow::Result<()> {
     let sequences = TextFormat::from_gguf(&cli.gguf)?.encode(&examples, config.max_seq_len)?;
     let mut backend = CandleBackend::new(&cli.gguf, "bench", &config)?;
     let load_rss = rss_mib("VmRSS");
+    let cpu_start = cpu_time();
     let (losses, tokens, seconds) = train_all(&mut backend, &sequences, &config)?;
+    let cpu_seconds = cpu_time() - cpu_start;
+    eprintln!(
+        "training loop: {seconds:.1} s wall, {cpu_seconds:.1} s CPU on {} threads",
+        rayon::current_num_threads()
+    );
     if let Some(dir) = &cli.save_adapter {
         backend.export()?.save(dir, &backend.model_config())?;
     }
     let line = json!({
         "engine": "candle",
+        // Matrix products run on rayon's pool (RAYON_NUM_THREADS, set to 2
+        // by bench-trainer.sh); element-wise kernels run on the calling thread.
+        "threads": rayon::current_num_threads(),
+        "cpu_seconds": cpu_seconds,
         "tokens_per_sec": tokens as f64 / seconds,
         "train_tokens": tokens,
         "seconds": seconds,
@@ -127,6 +137,15 @@ fn train_all(
         }
     }
     Ok((losses, tokens, started.elapsed().as_secs_f64()))
+}
+
+/// User + system CPU seconds of this process so far (all threads).
+fn cpu_time() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// A memory figure of this process from /proc (VmRSS now, VmHWM peak).
