@@ -100,7 +100,7 @@ pub async fn run(api_bin: &Path, count: usize, concurrency: usize) -> anyhow::Re
     Ok(())
 }
 
-async fn wait_healthy(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+pub async fn wait_healthy(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(r) = http.get(format!("{base}/health")).send().await
