@@ -135,8 +135,8 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
 /// kept for the minimum term of Q4_1 blocks.
 pub struct Quantized {
     qs: Vec<i8>,
-    d: Vec<f32>,
-    s: Vec<f32>,
+    /// (d, s) of each block, side by side: the kernels load both at once.
+    ds: Vec<[f32; 2]>,
     /// Values per row.
     cols: usize,
 }
@@ -147,8 +147,7 @@ impl Quantized {
         let blocks = x.len() / BLOCK;
         let mut quantized = Self {
             qs: vec![0; x.len()],
-            d: Vec::with_capacity(blocks),
-            s: Vec::with_capacity(blocks),
+            ds: Vec::with_capacity(blocks),
             cols,
         };
         for (values, qs) in x
@@ -163,8 +162,7 @@ impl Quantized {
                 *q = (v * inverse).round() as i8;
                 sum += i32::from(*q);
             }
-            quantized.d.push(d);
-            quantized.s.push(d * sum as f32);
+            quantized.ds.push([d, d * sum as f32]);
         }
         quantized
     }
@@ -173,8 +171,7 @@ impl Quantized {
         let blocks = self.cols / BLOCK;
         ActRow {
             qs: &self.qs[i * self.cols..(i + 1) * self.cols],
-            d: &self.d[i * blocks..(i + 1) * blocks],
-            s: &self.s[i * blocks..(i + 1) * blocks],
+            ds: &self.ds[i * blocks..(i + 1) * blocks],
         }
     }
 }
@@ -182,8 +179,7 @@ impl Quantized {
 #[derive(Clone, Copy)]
 struct ActRow<'a> {
     qs: &'a [i8],
-    d: &'a [f32],
-    s: &'a [f32],
+    ds: &'a [[f32; 2]],
 }
 
 /// Which dot-product kernel this CPU runs.
@@ -255,7 +251,8 @@ fn scalar_dot(format: Format, row: &[u8], act: ActRow<'_>) -> f32 {
                     sum += i32::from(byte & 0x0f) * i32::from(a[j]);
                     sum += i32::from(byte >> 4) * i32::from(a[j + 16]);
                 }
-                total += d * act.d[b] * sum as f32 + half_at(block, 2) * act.s[b];
+                let [da, sa] = act.ds[b];
+                total += d * da * sum as f32 + half_at(block, 2) * sa;
             }
             Format::Q8_0 => {
                 let sum: i32 = block[2..34]
@@ -263,7 +260,7 @@ fn scalar_dot(format: Format, row: &[u8], act: ActRow<'_>) -> f32 {
                     .zip(a)
                     .map(|(&w, &a)| i32::from(w as i8) * i32::from(a))
                     .sum();
-                total += d * act.d[b] * sum as f32;
+                total += d * act.ds[b][0] * sum as f32;
             }
         }
     }
@@ -272,15 +269,25 @@ fn scalar_dot(format: Format, row: &[u8], act: ActRow<'_>) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    //! Two blocks per iteration into two accumulators, so that the
+    //! latency of one block's multiply-add overlaps the next one's; the
+    //! scales of a block and its activations are multiplied as one vector
+    //! ([d, m] × [d_a, s_a]), which also keeps every register write a full
+    //! one (a 16-bit insert would make each block wait for the last).
     use std::arch::x86_64::*;
 
     use super::{ActRow, BLOCK};
 
-    /// The f16 at `at` as f32, on the F16C unit.
+    /// `[d, m·s_a]`-style products: the block's two f16 header values
+    /// (scale, and minimum or the first quants) times the activation
+    /// block's (d_a, s_a).
     #[inline(always)]
-    unsafe fn half(bytes: &[u8], at: usize) -> f32 {
-        let bits = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))) }
+    unsafe fn scales(block: &[u8], act: ActRow<'_>, b: usize) -> __m128 {
+        unsafe {
+            let header = _mm_cvtsi32_si128(std::ptr::read_unaligned(block.as_ptr().cast::<i32>()));
+            let ds = _mm_castpd_ps(_mm_load_sd(act.ds.as_ptr().add(b).cast::<f64>()));
+            _mm_mul_ps(_mm_cvtph_ps(header), ds)
+        }
     }
 
     #[inline(always)]
@@ -302,6 +309,11 @@ mod x86 {
         }
     }
 
+    #[inline(always)]
+    unsafe fn activations(act: ActRow<'_>, b: usize) -> __m256i {
+        unsafe { _mm256_loadu_si256(act.qs.as_ptr().add(b * BLOCK).cast()) }
+    }
+
     /// Σ unsigned × signed bytes as eight i32 lanes, on AVX2.
     #[inline(always)]
     unsafe fn sum_avx2(unsigned: __m256i, signed: __m256i) -> __m256i {
@@ -309,60 +321,124 @@ mod x86 {
         unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, signed), _mm256_set1_epi16(1)) }
     }
 
-    macro_rules! q4_1_kernel {
-        ($name:ident, $features:literal, $sum:expr) => {
-            #[target_feature(enable = $features)]
-            pub unsafe fn $name(row: &[u8], act: ActRow<'_>) -> f32 {
-                unsafe {
-                    let mut acc = _mm256_setzero_ps();
-                    let mut minimums = 0f32;
-                    for (b, block) in row.chunks_exact(20).enumerate() {
-                        let a = _mm256_loadu_si256(act.qs.as_ptr().add(b * BLOCK).cast());
-                        let sum = $sum(nibbles(&block[4..]), a);
-                        let scale = _mm256_set1_ps(half(block, 0) * act.d[b]);
-                        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc);
-                        minimums += half(block, 2) * act.s[b];
-                    }
-                    hsum(acc) + minimums
-                }
-            }
-        };
-    }
-
-    macro_rules! q8_0_kernel {
-        ($name:ident, $features:literal, $sum:expr) => {
-            #[target_feature(enable = $features)]
-            pub unsafe fn $name(row: &[u8], act: ActRow<'_>) -> f32 {
-                unsafe {
-                    let mut acc = _mm256_setzero_ps();
-                    for (b, block) in row.chunks_exact(34).enumerate() {
-                        let w = _mm256_loadu_si256(block.as_ptr().add(2).cast());
-                        let a = _mm256_loadu_si256(act.qs.as_ptr().add(b * BLOCK).cast());
-                        // |w| · (a with w's sign): unsigned × signed, as
-                        // the byte products need.
-                        let sum = $sum(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-                        let scale = _mm256_set1_ps(half(block, 0) * act.d[b]);
-                        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc);
-                    }
-                    hsum(acc)
-                }
-            }
-        };
-    }
-
     #[inline(always)]
     unsafe fn sum_vnni(unsigned: __m256i, signed: __m256i) -> __m256i {
         unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed) }
     }
 
-    q4_1_kernel!(q4_1_avx2, "avx2,fma,f16c", sum_avx2);
-    q4_1_kernel!(
+    /// One Q4_1 block's integer `products` scaled into `acc`, its minimum
+    /// term (lane 1 of the scales) into `minimums`.
+    #[inline(always)]
+    unsafe fn q4_1_block(
+        block: &[u8],
+        act: ActRow<'_>,
+        b: usize,
+        products: __m256i,
+        acc: &mut __m256,
+        minimums: &mut __m128,
+    ) {
+        unsafe {
+            let scales = scales(block, act, b);
+            *acc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(products),
+                _mm256_broadcastss_ps(scales),
+                *acc,
+            );
+            *minimums = _mm_add_ps(*minimums, scales);
+        }
+    }
+
+    /// A Q8_0 block's bytes as |w| and the activations with w's sign:
+    /// unsigned × signed, as the byte products need.
+    #[inline(always)]
+    unsafe fn q8_0_operands(block: &[u8], act: ActRow<'_>, b: usize) -> (__m256i, __m256i) {
+        unsafe {
+            let w = _mm256_loadu_si256(block.as_ptr().add(2).cast());
+            let a = activations(act, b);
+            (_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+        }
+    }
+
+    /// One Q8_0 block's integer `products` scaled into `acc`.
+    #[inline(always)]
+    unsafe fn q8_0_block(
+        block: &[u8],
+        act: ActRow<'_>,
+        b: usize,
+        products: __m256i,
+        acc: &mut __m256,
+    ) {
+        unsafe {
+            let scales = scales(block, act, b);
+            *acc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(products),
+                _mm256_broadcastss_ps(scales),
+                *acc,
+            );
+        }
+    }
+
+    macro_rules! kernels {
+        ($q4_1:ident, $q8_0:ident, $features:literal, $sum:ident) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $q4_1(row: &[u8], act: ActRow<'_>) -> f32 {
+                unsafe {
+                    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                    let (mut min_even, mut min_odd) = (_mm_setzero_ps(), _mm_setzero_ps());
+                    let mut pairs = row.chunks_exact(40);
+                    let mut b = 0;
+                    let products =
+                        |block: &[u8], b| $sum(nibbles(&block[4..20]), activations(act, b));
+                    for pair in &mut pairs {
+                        let (first, second) = pair.split_at(20);
+                        let p = products(first, b);
+                        q4_1_block(first, act, b, p, &mut even, &mut min_even);
+                        let p = products(second, b + 1);
+                        q4_1_block(second, act, b + 1, p, &mut odd, &mut min_odd);
+                        b += 2;
+                    }
+                    let rest = pairs.remainder();
+                    if !rest.is_empty() {
+                        let p = products(rest, b);
+                        q4_1_block(rest, act, b, p, &mut even, &mut min_even);
+                    }
+                    let minimums = _mm_add_ps(min_even, min_odd);
+                    hsum(_mm256_add_ps(even, odd)) + _mm_cvtss_f32(_mm_movehdup_ps(minimums))
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn $q8_0(row: &[u8], act: ActRow<'_>) -> f32 {
+                unsafe {
+                    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                    let mut pairs = row.chunks_exact(68);
+                    let mut b = 0;
+                    let products = |block: &[u8], b| {
+                        let (w, a) = q8_0_operands(block, act, b);
+                        $sum(w, a)
+                    };
+                    for pair in &mut pairs {
+                        let (first, second) = pair.split_at(34);
+                        let p = products(first, b);
+                        q8_0_block(first, act, b, p, &mut even);
+                        let p = products(second, b + 1);
+                        q8_0_block(second, act, b + 1, p, &mut odd);
+                        b += 2;
+                    }
+                    let rest = pairs.remainder();
+                    if !rest.is_empty() {
+                        let p = products(rest, b);
+                        q8_0_block(rest, act, b, p, &mut even);
+                    }
+                    hsum(_mm256_add_ps(even, odd))
+                }
+            }
+        };
+    }
+
+    kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma,f16c", sum_avx2);
+    kernels!(
         q4_1_vnni,
-        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
-        sum_vnni
-    );
-    q8_0_kernel!(q8_0_avx2, "avx2,fma,f16c", sum_avx2);
-    q8_0_kernel!(
         q8_0_vnni,
         "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
         sum_vnni
@@ -509,7 +585,7 @@ mod tests {
             .qs
             .iter()
             .enumerate()
-            .map(|(i, &q)| acts.d[i / BLOCK] * f32::from(q))
+            .map(|(i, &q)| acts.ds[i / BLOCK][0] * f32::from(q))
             .collect();
         let mut row = vec![0f32; cols];
         let m = x.len() / cols;
