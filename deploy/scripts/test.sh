@@ -15,6 +15,10 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+# The API against its own OpenAPI document: schemathesis fuzzes every
+# operation of the debug build above (about 1.5 minutes here).
+bash deploy/scripts/openapi-fuzz.sh
+
 # The MLX training backend (cargo feature `mlx`) on MLX's CPU build from
 # PyPI: built against it and checked against the candle backend.
 eval "$(bash deploy/scripts/setup-mlx.sh)"

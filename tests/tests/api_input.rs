@@ -236,3 +236,35 @@ async fn openapi_document_describes_the_routes() {
     }
     assert!(doc["components"]["schemas"].get("JobRequest").is_some());
 }
+
+/// serde reads a JSON array into a struct field by field, so `[null, null]`
+/// was a requeue of the oldest 1,000 dead jobs (found by the OpenAPI fuzz):
+/// every JSON body must be an object.
+#[tokio::test]
+async fn json_bodies_that_are_not_objects_are_refused() {
+    let setup = Setup::new(Backend::Embedded);
+    let api = setup.start_api(&["--no-workers"]).await;
+    let pack = uuid::Uuid::now_v7();
+    for (path, body) in [
+        ("/api/v1/queues/noop/dead/requeue", "[null, null]"),
+        ("/api/v1/jobs", r#"["noop", {}]"#),
+        ("/api/v1/queues/noop/dead/requeue", "7"),
+        (&format!("/api/v1/context-packs/{pack}/reindex"), "[[]]"),
+    ] {
+        let (status, reply) = api.post_raw(path, body.to_string()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}: {reply}"
+        );
+        assert_eq!(
+            reply["error"]["code"], "invalid_body",
+            "{path} {body}: {reply}"
+        );
+    }
+    let (status, reply) = api
+        .post_raw("/api/v1/queues/noop/dead/requeue", "[nul".to_string())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    assert_eq!(reply["error"]["code"], "malformed_json", "{reply}");
+}

@@ -86,11 +86,13 @@ pub async fn create(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only campaigns in this status.
     pub status: Option<String>,
     /// At most this many (1..=500, default 100), newest first.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u64>,
 }
 
@@ -139,7 +141,7 @@ pub async fn list(
 /// One campaign: status, progress, goals, and the workers serving it.
 #[utoipa::path(
     get, path = "/api/v1/campaigns/{id}", tag = "campaigns",
-    params(("id" = String, Path, description = "Campaign id")),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "The campaign", body = CampaignView),
         (status = 404, description = "No such campaign", body = ErrorBody),
@@ -158,7 +160,7 @@ macro_rules! lifecycle_route {
         #[doc = $doc]
         #[utoipa::path(
             post, path = $path, tag = "campaigns",
-            params(("id" = String, Path, description = "Campaign id")),
+            params(("id" = uuid::Uuid, Path, description = "Campaign id")),
             responses(
                 (status = 200, description = "The campaign after the change", body = CampaignView),
                 (status = 404, description = "No such campaign", body = ErrorBody),
@@ -197,7 +199,7 @@ pub struct ScaleRequest {
 /// Change how many workers may serve it, live.
 #[utoipa::path(
     post, path = "/api/v1/campaigns/{id}/scale", tag = "campaigns",
-    params(("id" = String, Path, description = "Campaign id")),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     request_body = ScaleRequest,
     responses(
         (status = 200, description = "The campaign with its new limit", body = CampaignView),
@@ -221,6 +223,7 @@ pub async fn scale(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsQuery {
     /// Only items of this type (`Product`, `component`).
@@ -232,6 +235,7 @@ pub struct ResultsQuery {
     /// Results after this cursor (the previous page's `next`).
     pub after: Option<i64>,
     /// Page size (1..=1000, default 100); ignored by the JSONL export.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
     /// `json` (default, one page) or `jsonl` (every match, one per line).
     pub format: Option<String>,
@@ -274,9 +278,12 @@ pub struct ResultPage {
 /// them as JSON lines (`format=jsonl`).
 #[utoipa::path(
     get, path = "/api/v1/campaigns/{id}/results", tag = "campaigns",
-    params(("id" = String, Path, description = "Campaign id"), ResultsQuery),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id"), ResultsQuery),
     responses(
-        (status = 200, description = "A page of results (or application/x-ndjson)", body = ResultPage),
+        (status = 200, description = "A page of results, or with `format=jsonl` every match as JSON lines", content(
+            (ResultPage = "application/json"),
+            (String = "application/x-ndjson"),
+        )),
         (status = 404, description = "No such campaign", body = ErrorBody),
         (status = 422, description = "Invalid query", body = ErrorBody),
     ),

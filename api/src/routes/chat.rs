@@ -14,12 +14,13 @@ use axum::{
 };
 use orchestrator_core::now_ms;
 use orchestrator_llm::{self as llm, ChatMessage, GenerationParams, LlmError, Penalties};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use utoipa::ToSchema;
 
 use crate::{
-    error::{ApiError, ApiResult, shown},
+    error::{ApiError, ApiResult, ErrorBody, shown},
     extract::ApiJson,
     state::AppState,
 };
@@ -27,49 +28,109 @@ use crate::{
 /// The OpenAI request fields this server honours. Other fields OpenAI
 /// clients send (user, logit_bias, ...) are accepted and ignored, as other
 /// compatible servers do.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
+    /// A registered model (`GET /v1/models`), or `base@latest`.
     pub model: String,
+    #[schema(min_items = 1, max_items = 256)]
     pub messages: Vec<ChatMessage>,
+    /// Tokens to generate at most, 1 to 4,096 (alias
+    /// `max_completion_tokens`).
     #[serde(default, alias = "max_completion_tokens")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub max_tokens: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    /// Up to 4 strings of 1 to 64 bytes.
     #[serde(default)]
     pub stop: Option<Stop>,
+    /// Any unsigned 64-bit integer.
     #[serde(default)]
+    #[schema(format = "uint64")]
     pub seed: Option<u64>,
+    /// Answer as server-sent events (`text/event-stream`).
     #[serde(default)]
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Only 1 is supported.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
     /// llama.cpp's and vLLM's extension: divides the logits of seen tokens.
     #[serde(default)]
+    #[schema(minimum = 0.5, maximum = 2)]
     pub repetition_penalty: Option<f32>,
     /// llama.cpp's: how many latest tokens the penalties look at.
     #[serde(default)]
+    #[schema(maximum = 4096)]
     pub repeat_last_n: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct StreamOptions {
+    /// Send a last chunk with the token counts.
     #[serde(default)]
     pub include_usage: bool,
+}
+
+/// One server-sent event of a streamed answer (`stream: true`), as an
+/// event-stream parser reads it: its `data` is a `chat.completion.chunk`
+/// object as JSON, an `{"error": {...}}` object when the model fails after
+/// the stream started, or `[DONE]`, last.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // only its schema is used: axum's `Sse` writes the events
+pub struct ChatStreamEvent {
+    /// `message` where given.
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// OpenAI's `chat.completion` object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model that answered (an adapter's id for `base@latest`).
+    pub model: String,
+    pub choices: Vec<Choice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Choice {
+    pub index: u32,
+    pub message: ChatMessage,
+    /// `stop` (end of turn or a stop string) or `length` (`max_tokens`).
+    #[schema(value_type = String)]
+    pub finish_reason: llm::FinishReason,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
 }
 
 fn params(request: &ChatRequest) -> ApiResult<GenerationParams> {
@@ -111,6 +172,35 @@ fn llm_error(err: LlmError) -> ApiError {
     }
 }
 
+/// OpenAI's chat completions: one answer as JSON, or streamed as
+/// `chat.completion.chunk` server-sent events ending with `[DONE]`.
+#[utoipa::path(
+    post, path = "/v1/chat/completions", tag = "openai",
+    request_body(content = ChatRequest, examples(
+        ("answer" = (summary = "One answer as JSON", value = json!({
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 8,
+        }))),
+        ("stream" = (summary = "Streamed as server-sent events", value = json!({
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 8,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        }))),
+    )),
+    responses(
+        (status = 200, description = "The answer (`stream`: server-sent events)", content(
+            (ChatCompletion = "application/json"),
+            (ChatStreamEvent = "text/event-stream"),
+        )),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 422, description = "Invalid parameters or messages, or a prompt over the model's context", body = ErrorBody),
+        (status = 503, description = "The model is not available (or the request was refused as busy)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn complete(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ChatRequest>,
@@ -137,19 +227,23 @@ pub async fn complete(
         .complete(&served, &request.messages, &params, None)
         .await
         .map_err(llm_error)?;
-    let c = &answer.completion;
-    Ok(Json(json!({
-        "id": format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
-        "object": "chat.completion",
-        "created": now_ms() / 1_000,
-        "model": answer.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": c.text},
-            "finish_reason": c.finish_reason,
+    let c = answer.completion;
+    Ok(Json(ChatCompletion {
+        id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
+        object: "chat.completion",
+        created: now_ms() / 1_000,
+        model: answer.model,
+        choices: vec![Choice {
+            index: 0,
+            message: ChatMessage::new("assistant", c.text),
+            finish_reason: c.finish_reason,
         }],
-        "usage": usage(c.prompt_tokens, c.completion_tokens),
-    }))
+        usage: Usage {
+            prompt_tokens: c.prompt_tokens,
+            completion_tokens: c.completion_tokens,
+            total_tokens: c.prompt_tokens + c.completion_tokens,
+        },
+    })
     .into_response())
 }
 

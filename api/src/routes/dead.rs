@@ -22,9 +22,11 @@ const MAX_LIST: usize = 1_000;
 const MAX_REQUEUE: usize = 10_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeadQuery {
     /// How many, newest first: 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -66,7 +68,8 @@ pub async fn list(
 /// Put dead jobs back to pending with their attempts reset.
 #[utoipa::path(post, path = "/api/v1/queues/{name}/dead/requeue", params(("name" = String, Path)),
     request_body = RequeueRequest,
-    responses((status = 200, body = Requeued), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = Requeued), (status = 400, description = "An id is not a UUID", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn requeue(
     State(state): State<AppState>,
@@ -90,8 +93,9 @@ pub async fn requeue(
 }
 
 /// Put one dead job back to pending with its attempts reset.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/requeue", params(("id" = String, Path)), responses(
-    (status = 200, body = JobInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/requeue", params(("id" = uuid::Uuid, Path)), responses(
+    (status = 200, body = JobInfo), (status = 400, description = "The id is not a UUID", body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn requeue_job(
     State(state): State<AppState>,

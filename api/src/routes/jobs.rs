@@ -112,7 +112,7 @@ pub async fn push_batch(
 }
 
 /// A job's state, attempts and result.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = String, Path)), responses(
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = uuid::Uuid, Path)), responses(
     (status = 200, body = JobInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
 ), security(("bearer" = [])))]
 pub async fn get_job(

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use crate::{
     error::{ApiError, ApiResult, ErrorBody, in_range, shown},
-    extract::{ApiBytes, ApiJson},
+    extract::{ApiBytes, ApiJson, json_object},
     state::AppState,
 };
 
@@ -210,7 +210,7 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<PackList>> {
 }
 
 /// One pack with its counts and indexing progress.
-#[utoipa::path(get, path = "/api/v1/context-packs/{id}", params(("id" = String, Path)), responses(
+#[utoipa::path(get, path = "/api/v1/context-packs/{id}", params(("id" = uuid::Uuid, Path)), responses(
     (status = 200, body = PackSummary), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_pack(
     State(state): State<AppState>,
@@ -222,7 +222,7 @@ pub async fn get_pack(
 
 /// Index what changed: new and changed files are embedded again, removed
 /// ones dropped, unchanged ones left alone.
-#[utoipa::path(post, path = "/api/v1/context-packs/{id}/reindex", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/context-packs/{id}/reindex", params(("id" = uuid::Uuid, Path)),
     request_body = Reindex, responses((status = 202, body = IndexingStarted),
     (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn reindex(
@@ -235,19 +235,7 @@ pub async fn reindex(
     let body: Reindex = if body.iter().all(u8::is_ascii_whitespace) {
         Reindex::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            let code = if e.is_data() {
-                "invalid_field"
-            } else {
-                "malformed_json"
-            };
-            let status = if e.is_data() {
-                StatusCode::UNPROCESSABLE_ENTITY
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            ApiError::new(status, code, e.to_string())
-        })?
+        json_object(&body)?
     };
     let pack = state.memory.packs.pack(&id).await?;
     let docs = match (pack.root, body.documents) {
@@ -268,7 +256,7 @@ pub async fn reindex(
 }
 
 /// The chunks of a pack nearest to a query, with scores and sources.
-#[utoipa::path(post, path = "/api/v1/context-packs/{id}/search", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/context-packs/{id}/search", params(("id" = uuid::Uuid, Path)),
     request_body = SearchRequest, responses((status = 200, body = SearchResults),
     (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn search(
@@ -318,7 +306,7 @@ pub async fn search(
 }
 
 /// Delete a pack, its files and its vectors.
-#[utoipa::path(delete, path = "/api/v1/context-packs/{id}", params(("id" = String, Path)), responses(
+#[utoipa::path(delete, path = "/api/v1/context-packs/{id}", params(("id" = uuid::Uuid, Path)), responses(
     (status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,

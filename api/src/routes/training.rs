@@ -176,7 +176,7 @@ pub async fn list_runs(State(state): State<AppState>) -> ApiResult<Json<RunList>
 /// One run: status, loss curve, eval before and after, tokens/s.
 #[utoipa::path(
     get, path = "/api/v1/training/runs/{id}", tag = "training",
-    params(("id" = String, Path, description = "Run id")),
+    params(("id" = uuid::Uuid, Path, description = "Run id")),
     responses(
         (status = 200, description = "The run", body = RunView),
         (status = 404, description = "No such run", body = ErrorBody),
@@ -243,7 +243,7 @@ pub async fn promote(
     post, path = "/api/v1/adapters/{id}/rollback", tag = "training",
     params(("id" = String, Path, description = "The active adapter's id")),
     responses(
-        (status = 200, description = "Rolled back; `active` is what serves now"),
+        (status = 200, description = "Rolled back; `active` is what serves now", body = RolledBack),
         (status = 404, description = "No such adapter", body = ErrorBody),
         (status = 409, description = "The adapter is not active", body = ErrorBody),
     ),
@@ -252,17 +252,26 @@ pub async fn promote(
 pub async fn rollback(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<RolledBack>> {
     check_adapter_id(&id)?;
     let base = id.split('@').next().unwrap_or_default().to_string();
     let active = adapters::rollback(state.store.connection(), &id)
         .await
         .map_err(change_error)?;
     announce(&state, &base).await?;
-    Ok(Json(json!({
-        "retired": id,
-        "active": active.map(AdapterView::from),
-    })))
+    Ok(Json(RolledBack {
+        retired: id,
+        active: active.map(AdapterView::from),
+    }))
+}
+
+/// `POST /api/v1/adapters/{id}/rollback`.
+#[derive(Serialize, ToSchema)]
+pub struct RolledBack {
+    /// The adapter retired.
+    pub retired: String,
+    /// The adapter serving now; null when the base model serves again.
+    pub active: Option<AdapterView>,
 }
 
 /// `base@adapter-vN`, else 404 without a lookup.

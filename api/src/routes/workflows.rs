@@ -55,10 +55,11 @@ pub async fn create(
 /// A workflow with every task's status, model, output, tokens and cost.
 #[utoipa::path(
     get, path = "/api/v1/workflows/{id}", tag = "workflows",
-    params(("id" = String, Path, description = "Workflow id")),
+    params(("id" = uuid::Uuid, Path, description = "Workflow id")),
     responses(
         (status = 200, description = "The workflow", body = WorkflowView),
         (status = 404, description = "No such workflow", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -75,8 +76,25 @@ pub async fn get_workflow(
     Ok(Json(view))
 }
 
-/// Streams `status_update` messages, then `workflow_complete` or `error`,
-/// then closes.
+/// Watch a workflow over a websocket: a snapshot, then `status_update`
+/// messages, then `workflow_complete` or `error`, then the socket closes.
+///
+/// Open it as a websocket (`Connection: Upgrade`, `Upgrade: websocket`,
+/// `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`); from a browser, only
+/// from this API's own origin.
+#[utoipa::path(
+    get, path = "/ws/workflows/{id}", tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "Workflow id")),
+    responses(
+        (status = 101, description = "Switching Protocols: the websocket is open"),
+        (status = 400, description = "Not a websocket handshake (missing or wrong upgrade headers)", body = ErrorBody),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+        (status = 426, description = "The connection cannot be upgraded (not HTTP/1.1)", body = ErrorBody),
+        (status = 503, description = "Too many websockets open (ORCH_MAX_WEBSOCKETS), or a backend did not answer", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn watch(
     State(state): State<AppState>,
     Path(id): Path<String>,
