@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryInsertResult,
+    QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -81,7 +81,7 @@ impl CampaignStore {
     /// Stores a campaign and admits its seeds in one transaction.
     pub async fn create(&self, new: NewCampaign, seeds: &[Op]) -> anyhow::Result<CampaignRow> {
         let now = now_ms() as i64;
-        let txn = self.db.begin().await?;
+        let txn = orchestrator_core::store::begin_write(&self.db).await?;
         let row = campaigns::ActiveModel {
             id: Set(new.id.clone()),
             name: Set(new.name),
@@ -219,7 +219,7 @@ impl CampaignStore {
     /// `max_pages`), the counters, and the operation itself as done.
     pub async fn record(&self, campaign: &str, finished: Finished<'_>) -> anyhow::Result<Recorded> {
         let now = now_ms() as i64;
-        let txn = self.db.begin().await?;
+        let txn = orchestrator_core::store::begin_write(&self.db).await?;
         // Writing the campaign row first serialises concurrent recorders of
         // one campaign (a row lock on PostgreSQL, the write lock on SQLite),
         // so the page budget below is never overrun.

@@ -11,7 +11,7 @@ use std::{
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait, sea_query::Expr,
+    QuerySelect, sea_query::Expr,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -301,7 +301,7 @@ impl PackStore {
         let mut plan = IndexPlan::default();
         let mut pending = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let tx = self.db.begin().await?;
+        let tx = orchestrator_core::store::begin_write(&self.db).await?;
         let now = now_ms() as i64;
         for doc in documents {
             if !seen.insert(doc.source.clone()) {
@@ -420,7 +420,7 @@ impl PackStore {
     /// Deletes a pack and its files (its vectors are the caller's to drop).
     pub async fn delete(&self, id: &str) -> Result<(), PackError> {
         self.pack(id).await?;
-        let tx = self.db.begin().await?;
+        let tx = orchestrator_core::store::begin_write(&self.db).await?;
         PackFiles::delete_many()
             .filter(FileCol::PackId.eq(id))
             .exec(&tx)

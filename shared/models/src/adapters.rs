@@ -4,7 +4,7 @@
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, TransactionTrait, sea_query::Expr,
+    QueryOrder, sea_query::Expr,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -158,7 +158,7 @@ pub async fn get(db: &impl ConnectionTrait, id: &str) -> anyhow::Result<Option<A
 
 /// Makes `id` its base model's active adapter; the active one retires.
 pub async fn promote(db: &DatabaseConnection, id: &str) -> Result<AdapterRow, ChangeError> {
-    let txn = db.begin().await?;
+    let txn = orchestrator_core::store::begin_write(db).await?;
     let adapter = get(&txn, id)
         .await?
         .ok_or_else(|| ChangeError::NotFound(id.to_string()))?;
@@ -177,7 +177,7 @@ pub async fn rollback(
     db: &DatabaseConnection,
     id: &str,
 ) -> Result<Option<AdapterRow>, ChangeError> {
-    let txn = db.begin().await?;
+    let txn = orchestrator_core::store::begin_write(db).await?;
     let adapter = get(&txn, id)
         .await?
         .ok_or_else(|| ChangeError::NotFound(id.to_string()))?;

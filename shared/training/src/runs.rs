@@ -6,7 +6,7 @@
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use serde::Serialize;
@@ -108,7 +108,9 @@ pub async fn create(
         return Err(CreateError::Busy(open.id));
     }
     let id = uuid::Uuid::now_v7().to_string();
-    let txn = db.begin().await.map_err(anyhow::Error::from)?;
+    let txn = orchestrator_core::store::begin_write(db)
+        .await
+        .map_err(anyhow::Error::from)?;
     let (examples, entries) = feedback
         .take(&txn, base_model, &id, MAX_RUN_EXAMPLES)
         .await?;

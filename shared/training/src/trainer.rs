@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::Context;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -384,7 +384,7 @@ impl Trainer {
             "tokens_per_sec": trained.progress.tokens_per_sec,
             "final_loss": trained.progress.loss_curve.last(),
         });
-        let txn = self.db.begin().await?;
+        let txn = orchestrator_core::store::begin_write(&self.db).await?;
         let adapter = adapters::publish(
             &txn,
             &run.base_model,

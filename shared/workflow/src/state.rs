@@ -4,7 +4,7 @@
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use serde_json::Value;
@@ -52,7 +52,7 @@ pub async fn insert(
     workflow: workflows::ActiveModel,
     rows: Vec<tasks::ActiveModel>,
 ) -> anyhow::Result<()> {
-    let txn = db.begin().await?;
+    let txn = orchestrator_core::store::begin_write(db).await?;
     workflows::Entity::insert(workflow).exec(&txn).await?;
     tasks::Entity::insert_many(rows).exec(&txn).await?;
     txn.commit().await?;
@@ -134,7 +134,7 @@ pub async fn complete(
     task: &TaskRow,
     result: &TaskResult,
 ) -> anyhow::Result<bool> {
-    let txn = db.begin().await?;
+    let txn = orchestrator_core::store::begin_write(db).await?;
     // The write comes first so SQLite takes its write lock up front (a
     // read-then-write transaction could fail to upgrade under contention).
     let stored = tasks::Entity::update_many()
@@ -219,7 +219,7 @@ pub async fn fail(
     error: &str,
     attempts: &Value,
 ) -> anyhow::Result<()> {
-    let txn = db.begin().await?;
+    let txn = orchestrator_core::store::begin_write(db).await?;
     tasks::Entity::update_many()
         .col_expr(tasks::Column::Status, Expr::value(status::FAILED))
         .col_expr(tasks::Column::Error, Expr::value(error))

@@ -30,6 +30,21 @@ use crate::{
     now_ms,
 };
 pub use queue_entity::Model as QueueSettings;
+
+/// Begins a transaction that will write. On SQLite it takes the write lock
+/// at `BEGIN` (`BEGIN IMMEDIATE`): a deferred transaction that reads first
+/// and writes later fails at once with "database is locked" when another
+/// writer committed in between, where an immediate one waits its turn
+/// under the busy timeout. PostgreSQL ignores the mode.
+pub async fn begin_write<C: sea_orm::TransactionTrait>(
+    db: &C,
+) -> Result<C::Transaction, sea_orm::DbErr> {
+    db.begin_with_options(sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
 use queue_entity::{ActiveModel as QueueActive, Entity as Queues};
 
 /// Handle to the store database.
@@ -230,5 +245,49 @@ mod tests {
             }
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_transaction_that_reads_first_waits_for_other_writers() {
+        let dir =
+            std::env::temp_dir().join(format!("orch-store-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.join("orchestrator.db").display()
+        );
+        let store = Store::connect_url(&url).await.unwrap();
+        let defaults = QueueDefaults {
+            max_attempts: 3,
+            backoff_ms: 1_000,
+            concurrency: 1,
+        };
+        store
+            .seed_queues(&[("a", defaults), ("b", defaults)])
+            .await
+            .unwrap();
+        let set_paused = |name: &'static str| QueueActive {
+            name: Set(name.to_string()),
+            paused: Set(true),
+            ..Default::default()
+        };
+        // Read, let another connection write, then write: with a deferred
+        // transaction the last step fails with "database is locked".
+        let txn = begin_write(store.connection()).await.unwrap();
+        Queues::find().all(&txn).await.unwrap();
+        let other = store.connection().clone();
+        let writer = tokio::spawn(async move { set_paused("b").update(&other).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        set_paused("a")
+            .update(&txn)
+            .await
+            .expect("the transaction's own write");
+        txn.commit().await.expect("commit");
+        writer
+            .await
+            .unwrap()
+            .expect("the other writer waited its turn");
+        assert!(store.queues().await.unwrap().iter().all(|q| q.paused));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
