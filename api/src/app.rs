@@ -26,7 +26,9 @@ use crate::{
     error::{ApiError, ErrorBody, ErrorDetail, shown},
     guard::{self, AllowedHosts},
     limits::Limits,
-    routes::{campaigns, chat, dead, health, jobs, models, packs, queues, training, workflows},
+    routes::{
+        campaigns, chat, dead, fleet, health, jobs, models, packs, queues, training, workflows,
+    },
     state::AppState,
 };
 
@@ -50,7 +52,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
         queues::list_queues, queues::pause, queues::resume, queues::update,
         dead::list, dead::requeue, dead::requeue_job,
         packs::create, packs::list, packs::get_pack, packs::reindex, packs::search, packs::delete,
-        workflows::create, workflows::get_workflow, workflows::watch, models::list,
+        workflows::create, workflows::get_workflow, workflows::watch, models::list, fleet::list,
         models::list_openai, chat::complete,
         training::feedback, training::create_run, training::list_runs, training::get_run,
         training::list_adapters, training::promote, training::rollback,
@@ -287,6 +289,7 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
             workflows::get_workflow,
         )
         .add(Method::GET, "/api/v1/models", models::list)
+        .add(Method::GET, "/api/v1/fleet", fleet::list)
         .add(Method::POST, "/api/v1/feedback", training::feedback)
         .add(Method::POST, "/api/v1/training/runs", training::create_run)
         .add(Method::GET, "/api/v1/training/runs", training::list_runs)

@@ -146,7 +146,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown_token = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown_token.clone());
     let queue_names: Vec<String> = handlers.iter().map(|h| h.queue().to_string()).collect();
-    fleet::spawn_depth_sampler(backend.clone(), queue_names, shutdown_token.clone());
+    fleet::spawn_depth_sampler(backend.clone(), queue_names.clone(), shutdown_token.clone());
+
+    let serves = match embedded && !cli.no_workers {
+        true => queue_names,
+        false => Vec::new(),
+    };
+    let fleet_registry = orchestrator_bootstrap::join_fleet(
+        &cli.common,
+        orchestrator_core::fleet::Kind::Api,
+        serves,
+        shutdown_token.clone(),
+    )
+    .await?;
+    orchestrator_core::fleet::spawn_gauge(fleet_registry.clone(), shutdown_token.clone());
 
     let mut workers = tokio::task::JoinSet::new();
     if embedded && !cli.no_workers {
@@ -194,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             memory: services.memory,
             workflows: services.workflows,
             campaigns: services.campaigns,
+            fleet: fleet_registry,
         },
         cli.index_roots,
         Training {

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use orchestrator_campaign::Campaigns;
-use orchestrator_core::{events::Events, store::Store};
+use orchestrator_core::{events::Events, fleet, store::Store};
 use orchestrator_memory::Memory;
 use orchestrator_queue::{JobHandler, QueueBackend};
 use orchestrator_training::{TrainingConfig, feedback::Feedback};
@@ -28,13 +28,16 @@ pub struct AppState {
     pub training_defaults: Arc<TrainingConfig>,
     pub campaigns: Arc<Campaigns>,
     pub limits: Limits,
+    /// Every live process of the fleet.
+    pub fleet: fleet::Registry,
 }
 
-/// The services behind the memory, workflow and campaign routes.
+/// The services behind the memory, workflow, campaign and fleet routes.
 pub struct Domains {
     pub memory: Arc<Memory>,
     pub workflows: Arc<Workflows>,
     pub campaigns: Arc<Campaigns>,
+    pub fleet: fleet::Registry,
 }
 
 /// The learning half of the state.
@@ -66,6 +69,7 @@ impl AppState {
             training_defaults: Arc::new(training.defaults),
             campaigns: domains.campaigns,
             limits,
+            fleet: domains.fleet,
         }
     }
 }

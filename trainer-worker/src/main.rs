@@ -88,6 +88,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("ORCH_METRICS_ADDR: cannot listen on {addr}"))?;
         tokio::spawn(metrics::serve(listener, shutdown_token.clone()));
     }
+    orchestrator_bootstrap::join_fleet(
+        &cli.common,
+        orchestrator_core::fleet::Kind::Trainer,
+        vec!["trainer".to_string()],
+        shutdown_token.clone(),
+    )
+    .await?;
     let mut trainer = Trainer::new(
         services.feedback,
         services.workflows.models().clone(),

@@ -115,6 +115,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("ORCH_METRICS_ADDR: cannot listen on {addr}"))?;
         tokio::spawn(metrics::serve(listener, shutdown_token.clone()));
     }
+    let serves = match (&cli.campaign, &cli.campaigns) {
+        (Some(id), _) => vec![format!("campaign:{id}")],
+        (None, Some(_)) => vec!["campaigns:all".to_string()],
+        (None, None) => cli.queues.clone(),
+    };
+    orchestrator_bootstrap::join_fleet(
+        &cli.common,
+        orchestrator_core::fleet::Kind::Worker,
+        serves,
+        shutdown_token.clone(),
+    )
+    .await?;
     if serves_campaigns {
         // Each worker settles the campaign it serves; the API settles them all.
         let campaigns = services.campaigns.clone();

@@ -3,6 +3,7 @@
 pub mod campaigns;
 pub mod chat;
 pub mod dead;
+pub mod fleet;
 pub mod health;
 pub mod jobs;
 pub mod models;

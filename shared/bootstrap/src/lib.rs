@@ -10,9 +10,10 @@
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use orchestrator_campaign::{Campaigns, fetch::Allow, slots, store::CampaignStore};
-use orchestrator_core::{config::CommonConfig, events::Events, store::Store};
+use orchestrator_core::{config::CommonConfig, events::Events, fleet, store::Store};
 use orchestrator_memory::{Embed, Memory, packs::EMBED_QUEUE, packs::PackStore};
 use orchestrator_models::{Models, Registry};
 use orchestrator_queue::{JobHandler, Noop, QueueBackend, fleet::Assignment};
@@ -198,4 +199,23 @@ pub async fn join_workers(
         result.context("worker task panicked")??;
     }
     Ok(())
+}
+
+/// Registers this process in the fleet (Redis when configured, else the
+/// process's own table) and beats until `shutdown`.
+pub async fn join_fleet(
+    config: &CommonConfig,
+    kind: fleet::Kind,
+    serves: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<fleet::Registry> {
+    let registry = match &config.redis_url {
+        Some(url) => fleet::Registry::redis(url, &config.redis_prefix).await?,
+        None => fleet::Registry::in_process(),
+    };
+    let process = fleet::this_process(kind, serves);
+    // Listed from the start, not only after the first beat.
+    registry.beat(&process).await?;
+    fleet::spawn_heartbeat(registry.clone(), process, shutdown);
+    Ok(registry)
 }

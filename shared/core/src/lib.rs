@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod shutdown;
 pub mod sqlite_file;

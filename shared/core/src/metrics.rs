@@ -19,6 +19,7 @@ pub const CAMPAIGN_OPS: &str = "orchestrator_campaign_ops_total";
 pub const CAMPAIGN_ITEMS: &str = "orchestrator_campaign_items";
 pub const CAMPAIGN_FRONTIER: &str = "orchestrator_campaign_frontier";
 pub const CAMPAIGN_WORKERS: &str = "orchestrator_campaign_workers";
+pub const FLEET_PROCESSES: &str = "orchestrator_fleet_processes";
 
 /// Histogram buckets for job durations: from a no-op (microseconds) to a long
 /// model call (minutes).

@@ -194,10 +194,13 @@ async fn run_one(
     job: LeasedJob,
 ) -> Result<Value, BoxDynError> {
     let started = Instant::now();
+    let counts = orchestrator_core::fleet::job_counts();
     meters.active.increment(1.0);
+    counts.started();
     let result = std::panic::AssertUnwindSafe(handler.run(&job))
         .catch_unwind()
         .await;
+    counts.finished();
     meters.active.decrement(1.0);
     meters.duration.record(started.elapsed().as_secs_f64());
     let result = match result {
