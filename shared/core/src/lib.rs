@@ -3,7 +3,8 @@
 //!
 //! It owns the typed configuration every binary parses ([`config`]), the
 //! Prometheus metric names and exporter ([`metrics`]), the event topics
-//! processes talk over ([`events`]), the shutdown signal ([`shutdown`]),
+//! processes talk over ([`events`]), the fleet registry every process
+//! beats into ([`fleet`]), the shutdown signal ([`shutdown`]),
 //! logging ([`telemetry`]) and the persisted store with its entities and
 //! the queue registry ([`store`]).
 //!
