@@ -27,7 +27,8 @@ use crate::{
     guard::{self, AllowedHosts},
     limits::Limits,
     routes::{
-        campaigns, chat, dead, fleet, health, jobs, models, packs, queues, training, workflows,
+        campaigns, chat, dead, fleet, health, jobs, models, packs, queues, status, training,
+        workflows,
     },
     state::AppState,
 };
@@ -53,6 +54,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
         dead::list, dead::requeue, dead::requeue_job,
         packs::create, packs::list, packs::get_pack, packs::reindex, packs::search, packs::delete,
         workflows::create, workflows::get_workflow, workflows::watch, models::list, fleet::list,
+        status::get_status,
         models::list_openai, chat::complete,
         training::feedback, training::create_run, training::list_runs, training::get_run,
         training::list_adapters, training::promote, training::rollback,
@@ -290,6 +292,7 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
         )
         .add(Method::GET, "/api/v1/models", models::list)
         .add(Method::GET, "/api/v1/fleet", fleet::list)
+        .add(Method::GET, "/api/v1/status", status::get_status)
         .add(Method::POST, "/api/v1/feedback", training::feedback)
         .add(Method::POST, "/api/v1/training/runs", training::create_run)
         .add(Method::GET, "/api/v1/training/runs", training::list_runs)

@@ -9,6 +9,7 @@ mod guard;
 mod limits;
 mod routes;
 mod state;
+mod status;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -63,6 +64,12 @@ struct Cli {
     #[arg(long, env = "ORCH_REQUEST_TIMEOUT_MS", default_value_t = 120_000,
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     request_timeout_ms: u64,
+
+    /// Completed jobs per second the fleet is measured against (status,
+    /// `orchestrator_throughput_target`).
+    #[arg(long, env = "ORCH_THROUGHPUT_TARGET", default_value_t = 100_000,
+          value_parser = parse_throughput_target)]
+    throughput_target: u64,
 
     /// Most websockets open at once.
     #[arg(long, env = "ORCH_MAX_WEBSOCKETS", default_value_t = 256,
@@ -160,6 +167,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .await?;
     orchestrator_core::fleet::spawn_gauge(fleet_registry.clone(), shutdown_token.clone());
+    let status = status::spawn(
+        status::Sources {
+            store: store.clone(),
+            queue: backend.clone(),
+            fleet: fleet_registry.clone(),
+            embedded,
+            target: cli.throughput_target,
+        },
+        shutdown_token.clone(),
+    );
 
     let mut workers = tokio::task::JoinSet::new();
     if embedded && !cli.no_workers {
@@ -208,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             workflows: services.workflows,
             campaigns: services.campaigns,
             fleet: fleet_registry,
+            status,
         },
         cli.index_roots,
         Training {
@@ -233,4 +251,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     orchestrator_bootstrap::join_workers(workers).await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// `ORCH_THROUGHPUT_TARGET`, named in the error (clap names only the flag).
+fn parse_throughput_target(raw: &str) -> Result<u64, String> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|target| (1..=1_000_000_000).contains(target))
+        .ok_or_else(|| {
+            "ORCH_THROUGHPUT_TARGET must be a whole number of jobs/s from 1 to 1,000,000,000"
+                .to_string()
+        })
 }

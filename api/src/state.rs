@@ -9,7 +9,7 @@ use orchestrator_queue::{JobHandler, QueueBackend};
 use orchestrator_training::{TrainingConfig, feedback::Feedback};
 use orchestrator_workflow::Workflows;
 
-use crate::limits::Limits;
+use crate::{limits::Limits, status::StatusCache};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,6 +30,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Every live process of the fleet.
     pub fleet: fleet::Registry,
+    /// The latest system snapshot.
+    pub status: StatusCache,
 }
 
 /// The services behind the memory, workflow, campaign and fleet routes.
@@ -38,6 +40,7 @@ pub struct Domains {
     pub workflows: Arc<Workflows>,
     pub campaigns: Arc<Campaigns>,
     pub fleet: fleet::Registry,
+    pub status: StatusCache,
 }
 
 /// The learning half of the state.
@@ -70,6 +73,7 @@ impl AppState {
             campaigns: domains.campaigns,
             limits,
             fleet: domains.fleet,
+            status: domains.status,
         }
     }
 }

@@ -107,3 +107,80 @@ async fn embedded_fleet_is_the_api_with_its_queues() {
     assert!(serves.contains(&json!("noop")), "{serves:?}");
     assert_eq!(processes[0]["pid"], api.process.pid());
 }
+
+#[tokio::test]
+async fn status_agrees_with_the_queues_and_the_fleet() {
+    let setup = Setup::new(Backend::Embedded).env("ORCH_THROUGHPUT_TARGET", "5000");
+    let api = setup.start_api(&[]).await;
+    let ids = api
+        .push_many(json!({"queue": "noop", "payload": {}}), 500)
+        .await;
+    api.wait_for_done("noop", ids.len() as u64, Duration::from_secs(30))
+        .await;
+    // The snapshot is at most a second old: wait for one that has them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let (code, status) = api.get("/api/v1/status").await;
+        if code == 200 {
+            let noop = status["queues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|q| q["name"] == "noop")
+                .cloned()
+                .unwrap();
+            if noop["done"] == 500 && status["throughput"]["jobs_per_s_1m"].as_f64().unwrap() > 0.0
+            {
+                break status;
+            }
+        }
+        assert!(Instant::now() < deadline, "{code} {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["mode"], "embedded");
+    assert_eq!(
+        status["fleet"],
+        json!({"api": 1, "trainer": 0, "worker": 0})
+    );
+    for subsystem in status["subsystems"].as_array().unwrap() {
+        assert_eq!(subsystem["state"], "ok", "{subsystem}");
+    }
+    let queues = api.get("/api/v1/queues").await.1;
+    let listed = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "noop")
+        .unwrap()
+        .clone();
+    let noop = status["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "noop")
+        .unwrap()
+        .clone();
+    for field in ["pending", "running", "done", "dead"] {
+        assert_eq!(noop[field], listed[field], "{field}: {noop} vs {listed}");
+    }
+    let throughput = &status["throughput"];
+    assert_eq!(throughput["target"], 5000);
+    let ratio = throughput["jobs_per_s_1m"].as_f64().unwrap() / 5000.0;
+    assert!(
+        (throughput["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9,
+        "{throughput}"
+    );
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains("orchestrator_throughput_target 5000"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_bad_throughput_target_is_refused_by_name() {
+    let setup = Setup::new(Backend::Embedded).env("ORCH_THROUGHPUT_TARGET", "fast");
+    let (status, stderr) = setup.run_api_expecting_exit("127.0.0.1:0");
+    assert!(!status.success());
+    assert!(stderr.contains("ORCH_THROUGHPUT_TARGET"), "{stderr}");
+}

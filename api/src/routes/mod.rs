@@ -9,5 +9,6 @@ pub mod jobs;
 pub mod models;
 pub mod packs;
 pub mod queues;
+pub mod status;
 pub mod training;
 pub mod workflows;

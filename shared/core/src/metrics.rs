@@ -20,6 +20,7 @@ pub const CAMPAIGN_ITEMS: &str = "orchestrator_campaign_items";
 pub const CAMPAIGN_FRONTIER: &str = "orchestrator_campaign_frontier";
 pub const CAMPAIGN_WORKERS: &str = "orchestrator_campaign_workers";
 pub const FLEET_PROCESSES: &str = "orchestrator_fleet_processes";
+pub const THROUGHPUT_TARGET: &str = "orchestrator_throughput_target";
 
 /// Histogram buckets for job durations: from a no-op (microseconds) to a long
 /// model call (minutes).
