@@ -16,6 +16,15 @@ async fn kinds(api: &Api) -> (Vec<Value>, [usize; 3]) {
     (processes, counts)
 }
 
+/// Pushes `count` noop jobs and waits until they are done.
+async fn run_noop_jobs(api: &Api, count: usize) {
+    let ids = api
+        .push_many(json!({"queue": "noop", "payload": {}}), count)
+        .await;
+    api.wait_for_done("noop", ids.len() as u64, Duration::from_secs(30))
+        .await;
+}
+
 async fn wait_for_kinds(api: &Api, want: [usize; 3], within: Duration) -> Vec<Value> {
     let deadline = Instant::now() + within;
     loop {
@@ -52,11 +61,7 @@ async fn redis_fleet_lists_every_process_and_forgets_a_killed_one() {
     }
 
     // Jobs done are counted by whoever ran them, at the next beat.
-    let ids = api
-        .push_many(json!({"queue": "noop", "payload": {}}), 200)
-        .await;
-    api.wait_for_done("noop", ids.len() as u64, Duration::from_secs(30))
-        .await;
+    run_noop_jobs(&api, 200).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (processes, _) = kinds(&api).await;
@@ -112,11 +117,7 @@ async fn embedded_fleet_is_the_api_with_its_queues() {
 async fn status_agrees_with_the_queues_and_the_fleet() {
     let setup = Setup::new(Backend::Embedded).env("ORCH_THROUGHPUT_TARGET", "5000");
     let api = setup.start_api(&[]).await;
-    let ids = api
-        .push_many(json!({"queue": "noop", "payload": {}}), 500)
-        .await;
-    api.wait_for_done("noop", ids.len() as u64, Duration::from_secs(30))
-        .await;
+    run_noop_jobs(&api, 500).await;
     // The snapshot is at most a second old: wait for one that has them.
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
