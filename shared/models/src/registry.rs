@@ -52,7 +52,7 @@ pub struct ModelSpec {
     pub max_concurrency: u32,
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
-    /// Local: the matrix kernels, `fast` or `precise` (see README.md).
+    /// Local: the matrix kernels: `native`, `fast`, `precise` or `reference` (see README.md).
     #[serde(default, skip_serializing_if = "is_default")]
     pub kernels: Kernels,
     /// Repetition penalties every request to this model gets unless it
@@ -303,7 +303,7 @@ mod tests {
             ),
             (
                 "[[model]]\nid = \"a\"\nprovider = \"local\"\nfile = \"x\"\nkernels = \"turbo\"",
-                "expected `fast` or `precise`",
+                "expected one of `native`, `fast`, `precise`, `reference`",
             ),
             (
                 "[[model]]\nid = \"a\"\nprovider = \"openai\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\nkernels = \"precise\"",
