@@ -166,7 +166,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         shutdown_token.clone(),
     )
     .await?;
-    orchestrator_core::fleet::spawn_gauge(fleet_registry.clone(), shutdown_token.clone());
     let status = status::spawn(
         status::Sources {
             store: store.clone(),

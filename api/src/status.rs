@@ -1,6 +1,7 @@
 //! The system at a glance: a snapshot taken every second by one sampler
 //! (a handful of store and queue round trips), so `GET /api/v1/status`
-//! costs nothing however often it is asked.
+//! costs nothing however often it is asked. The sampler also keeps
+//! `orchestrator_fleet_processes{kind}` at the fleet it lists.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -197,6 +198,8 @@ async fn snapshot(sources: &Sources, started: Instant, history: &mut History) ->
     if let Ok(processes) = &listed {
         for kind in fleet::Kind::ALL {
             let count = processes.iter().filter(|p| p.kind == kind).count();
+            // The gauge follows the same count the status shows.
+            metrics::gauge!(m::FLEET_PROCESSES, "kind" => kind.as_str()).set(count as f64);
             fleet.insert(kind.as_str().to_string(), count);
         }
     }

@@ -25,6 +25,15 @@ async fn run_noop_jobs(api: &Api, count: usize) {
         .await;
 }
 
+/// The entry of queue `name` in a body's `queues` list.
+fn queue_named(body: &Value, name: &str) -> Value {
+    body["queues"]
+        .as_array()
+        .and_then(|queues| queues.iter().find(|q| q["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no queue {name} in {body}"))
+}
+
 async fn wait_for_kinds(api: &Api, want: [usize; 3], within: Duration) -> Vec<Value> {
     let deadline = Instant::now() + within;
     loop {
@@ -123,13 +132,7 @@ async fn status_agrees_with_the_queues_and_the_fleet() {
     let status = loop {
         let (code, status) = api.get("/api/v1/status").await;
         if code == 200 {
-            let noop = status["queues"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|q| q["name"] == "noop")
-                .cloned()
-                .unwrap();
+            let noop = queue_named(&status, "noop");
             if noop["done"] == 500 && status["throughput"]["jobs_per_s_1m"].as_f64().unwrap() > 0.0
             {
                 break status;
@@ -147,20 +150,8 @@ async fn status_agrees_with_the_queues_and_the_fleet() {
         assert_eq!(subsystem["state"], "ok", "{subsystem}");
     }
     let queues = api.get("/api/v1/queues").await.1;
-    let listed = queues["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == "noop")
-        .unwrap()
-        .clone();
-    let noop = status["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == "noop")
-        .unwrap()
-        .clone();
+    let listed = queue_named(&queues, "noop");
+    let noop = queue_named(&status, "noop");
     for field in ["pending", "running", "done", "dead"] {
         assert_eq!(noop[field], listed[field], "{field}: {noop} vs {listed}");
     }

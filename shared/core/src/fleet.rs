@@ -197,11 +197,16 @@ async fn scan_keys(client: &Client, pattern: &str) -> anyhow::Result<Vec<String>
     Ok(keys)
 }
 
+/// This machine's name, as processes and workers are named after it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into())
+}
+
 /// Who this process is; `serves` says what it runs.
 pub fn this_process(kind: Kind, serves: Vec<String>) -> Process {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
+    let host = host_name();
     let pid = std::process::id();
     let started_at = crate::now_ms();
     let nonce = uuid::Uuid::now_v7().simple().to_string();
@@ -260,26 +265,4 @@ fn resident_bytes() -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     pages * 4096
-}
-
-/// Keeps `orchestrator_fleet_processes{kind}` at the registry's count,
-/// refreshed every beat (run by the API).
-pub fn spawn_gauge(registry: Registry, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(BEAT);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = shutdown.cancelled() => break,
-            }
-            let Ok(processes) = registry.list().await else {
-                continue;
-            };
-            for kind in Kind::ALL {
-                let count = processes.iter().filter(|p| p.kind == kind).count();
-                metrics::gauge!(crate::metrics::FLEET_PROCESSES, "kind" => kind.as_str())
-                    .set(count as f64);
-            }
-        }
-    });
 }

@@ -15,9 +15,7 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// A worker name unique across machines and restarts: leases are held in it.
 pub fn worker_id(role: &str) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
+    let host = orchestrator_core::fleet::host_name();
     let id = uuid::Uuid::now_v7().simple().to_string();
     let nonce = &id[24..];
     format!("{role}-{host}-{}-{nonce}", std::process::id())

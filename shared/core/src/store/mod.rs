@@ -223,17 +223,23 @@ async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// A new directory and the URL of a store file in it.
+    fn fresh_sqlite() -> (std::path::PathBuf, String) {
+        let dir =
+            std::env::temp_dir().join(format!("orch-store-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.join("orchestrator.db").display()
+        );
+        (dir, url)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn processes_migrating_a_fresh_store_together_all_succeed() {
         // The race is timing-dependent: several fresh stores make it likely.
         for _ in 0..10 {
-            let dir =
-                std::env::temp_dir().join(format!("orch-store-{}", uuid::Uuid::now_v7().simple()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let url = format!(
-                "sqlite://{}?mode=rwc",
-                dir.join("orchestrator.db").display()
-            );
+            let (dir, url) = fresh_sqlite();
             let connects = (0..8).map(|_| {
                 let url = url.clone();
                 tokio::spawn(async move { Store::connect_url(&url).await })
@@ -249,13 +255,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_transaction_that_reads_first_waits_for_other_writers() {
-        let dir =
-            std::env::temp_dir().join(format!("orch-store-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.join("orchestrator.db").display()
-        );
+        let (dir, url) = fresh_sqlite();
         let store = Store::connect_url(&url).await.unwrap();
         let defaults = QueueDefaults {
             max_attempts: 3,
