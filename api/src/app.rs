@@ -27,8 +27,8 @@ use crate::{
     guard::{self, AllowedHosts},
     limits::Limits,
     routes::{
-        campaigns, chat, dead, fleet, health, jobs, models, packs, queues, status, training,
-        workflows,
+        campaigns, chat, compat, dead, events, fleet, health, jobs, models, packs, queues, status,
+        system, training, workflows,
     },
     state::AppState,
 };
@@ -54,12 +54,16 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
         dead::list, dead::requeue, dead::requeue_job,
         packs::create, packs::list, packs::get_pack, packs::reindex, packs::search, packs::delete,
         workflows::create, workflows::get_workflow, workflows::watch, models::list, fleet::list,
-        status::get_status,
+        status::get_status, system::stop, system::start, events::websocket, events::server_sent,
         models::list_openai, chat::complete,
         training::feedback, training::create_run, training::list_runs, training::get_run,
         training::list_adapters, training::promote, training::rollback,
         campaigns::create, campaigns::list, campaigns::get_campaign, campaigns::results,
         campaigns::pause, campaigns::resume, campaigns::stop, campaigns::scale,
+        // Compatibility aliases
+        compat::master_status, compat::master_metrics, compat::master_workflow,
+        compat::master_campaign, compat::master_campaigns, compat::execute_workflow,
+        compat::watch_workflow, system::master_start, system::master_stop,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth, &CommonResponses)
@@ -235,34 +239,43 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
         move |route: MethodRouter<AppState>| route.layer(DefaultBodyLimit::max(bytes))
     };
     let pack_upload = move |route: MethodRouter<AppState>| {
-        route
-            .layer(DefaultBodyLimit::max(PACK_BODY_LIMIT))
-            .layer(pack_writes.clone())
+        intake(
+            route
+                .layer(DefaultBodyLimit::max(PACK_BODY_LIMIT))
+                .layer(pack_writes.clone()),
+        )
     };
+    let limited_intake = move |bytes: usize| move |route| intake(limit(bytes)(route));
     let secured = Routes::default()
         .add_with(
             Method::POST,
             "/api/v1/jobs",
             jobs::push_job,
-            limit(JOB_BODY_LIMIT),
+            limited_intake(JOB_BODY_LIMIT),
         )
         .add_with(
             Method::POST,
             "/api/v1/jobs/batch",
             jobs::push_batch,
-            limit(BATCH_BODY_LIMIT),
+            limited_intake(BATCH_BODY_LIMIT),
         )
         .add(Method::GET, "/api/v1/jobs/{id}", jobs::get_job)
-        .add(Method::POST, "/api/v1/jobs/{id}/requeue", dead::requeue_job)
+        .add_with(
+            Method::POST,
+            "/api/v1/jobs/{id}/requeue",
+            dead::requeue_job,
+            intake,
+        )
         .add(Method::GET, "/api/v1/queues", queues::list_queues)
         .add(Method::PATCH, "/api/v1/queues/{name}", queues::update)
         .add(Method::POST, "/api/v1/queues/{name}/pause", queues::pause)
         .add(Method::POST, "/api/v1/queues/{name}/resume", queues::resume)
         .add(Method::GET, "/api/v1/queues/{name}/dead", dead::list)
-        .add(
+        .add_with(
             Method::POST,
             "/api/v1/queues/{name}/dead/requeue",
             dead::requeue,
+            intake,
         )
         .add_with(
             Method::POST,
@@ -284,7 +297,7 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
             "/api/v1/context-packs/{id}/search",
             packs::search,
         )
-        .add(Method::POST, "/api/v1/workflows", workflows::create)
+        .add_with(Method::POST, "/api/v1/workflows", workflows::create, intake)
         .add(
             Method::GET,
             "/api/v1/workflows/{id}",
@@ -293,8 +306,16 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
         .add(Method::GET, "/api/v1/models", models::list)
         .add(Method::GET, "/api/v1/fleet", fleet::list)
         .add(Method::GET, "/api/v1/status", status::get_status)
+        .add(Method::POST, "/api/v1/system/stop", system::stop)
+        .add(Method::POST, "/api/v1/system/start", system::start)
+        .add(Method::GET, "/api/v1/events", events::server_sent)
         .add(Method::POST, "/api/v1/feedback", training::feedback)
-        .add(Method::POST, "/api/v1/training/runs", training::create_run)
+        .add_with(
+            Method::POST,
+            "/api/v1/training/runs",
+            training::create_run,
+            intake,
+        )
         .add(Method::GET, "/api/v1/training/runs", training::list_runs)
         .add(Method::GET, "/api/v1/training/runs/{id}", training::get_run)
         .add(Method::GET, "/api/v1/adapters", training::list_adapters)
@@ -308,7 +329,7 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
             "/api/v1/adapters/{id}/rollback",
             training::rollback,
         )
-        .add(Method::POST, "/api/v1/campaigns", campaigns::create)
+        .add_with(Method::POST, "/api/v1/campaigns", campaigns::create, intake)
         .add(Method::GET, "/api/v1/campaigns", campaigns::list)
         .add(
             Method::GET,
@@ -343,16 +364,52 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
             Method::POST,
             "/v1/chat/completions",
             chat::complete,
-            limit(CHAT_BODY_LIMIT),
+            limited_intake(CHAT_BODY_LIMIT),
         )
         .add(Method::GET, "/v1/models", models::list_openai)
         .add(Method::GET, "/ws/workflows/{id}", workflows::watch)
+        .add(Method::GET, "/ws/events", events::websocket)
+        // Compatibility aliases: the original orchestrator's paths, same
+        // keys and limits as the v1 routes they call (routes/compat.rs).
+        .add(Method::GET, "/api/master/status", compat::master_status)
+        .add(Method::GET, "/api/master/metrics", compat::master_metrics)
+        .add_with(
+            Method::POST,
+            "/api/master/workflow",
+            compat::master_workflow,
+            intake,
+        )
+        .add_with(
+            Method::POST,
+            "/api/master/campaign",
+            compat::master_campaign,
+            intake,
+        )
+        .add(
+            Method::GET,
+            "/api/master/campaigns",
+            compat::master_campaigns,
+        )
+        .add(Method::POST, "/api/master/start", system::master_start)
+        .add(Method::POST, "/api/master/stop", system::master_stop)
+        .add_with(
+            Method::POST,
+            "/api/v1/workflow/execute",
+            compat::execute_workflow,
+            intake,
+        )
+        .add(Method::GET, "/ws/workflow/{id}", compat::watch_workflow)
         .layer(middleware::from_fn_with_state(keys, auth::require_key));
     Routes::default()
         .add(Method::GET, "/health", health::health)
         .add(Method::GET, "/ready", health::ready)
         .add(Method::GET, "/metrics", health::metrics)
         .merge(secured)
+}
+
+/// Wraps a route that takes in work: refused while the system is stopped.
+fn intake(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.layer(middleware::from_fn(crate::lifecycle::refuse_when_stopped))
 }
 
 pub fn router(state: AppState, guards: Guards) -> Router {

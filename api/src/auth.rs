@@ -1,4 +1,6 @@
-//! Bearer-token authentication of `/api/*` routes from `ORCH_API_KEYS`.
+//! Bearer-token authentication of `/api/*` routes from `ORCH_API_KEYS`
+//! (websockets and event streams may also pass the key as `token` or a
+//! `bearer.<key>` subprotocol).
 
 use std::sync::Arc;
 
@@ -65,13 +67,8 @@ pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Ne
     if !keys.is_enabled() {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(key) if keys.accepts(key) => next.run(request).await,
+    match presented_key(&request) {
+        Some(key) if keys.accepts(&key) => next.run(request).await,
         _ => {
             let mut response = ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -87,9 +84,68 @@ pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Ne
     }
 }
 
+/// The key a request presents: `Authorization: Bearer`, or, on websockets
+/// and event streams (which browsers open without custom headers), a
+/// `token` query parameter or a `bearer.<key>` websocket subprotocol.
+fn presented_key(request: &Request) -> Option<String> {
+    let headers = request.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(key) = bearer {
+        return Some(key.to_string());
+    }
+    let path = request.uri().path();
+    if !(path.starts_with("/ws/") || path == "/api/v1/events") {
+        return None;
+    }
+    let from_query = request.uri().query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "token")
+            .map(|(_, value)| value.into_owned())
+    });
+    from_query.or_else(|| {
+        headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())?
+            .split(',')
+            .find_map(|entry| entry.trim().strip_prefix("bearer."))
+            .map(str::to_string)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> Request {
+        let mut builder = Request::builder().uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn streams_take_the_key_from_the_query_or_the_subprotocol() {
+        let key = "0123456789abcdef";
+        let from_query = request("/ws/events?token=0123456789abcdef", &[]);
+        assert_eq!(presented_key(&from_query).as_deref(), Some(key));
+        let sse = request("/api/v1/events?a=1&token=0123456789abcdef", &[]);
+        assert_eq!(presented_key(&sse).as_deref(), Some(key));
+        let protocol = request(
+            "/ws/events",
+            &[(
+                "sec-websocket-protocol",
+                "orchestrator.v1, bearer.0123456789abcdef",
+            )],
+        );
+        assert_eq!(presented_key(&protocol).as_deref(), Some(key));
+        // Anywhere else a key in the URL would end up in logs: refused.
+        let elsewhere = request("/api/v1/status?token=0123456789abcdef", &[]);
+        assert_eq!(presented_key(&elsewhere), None);
+    }
 
     #[test]
     fn short_keys_are_refused() {

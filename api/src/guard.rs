@@ -91,7 +91,7 @@ fn strip_port(authority: &str) -> &str {
 }
 
 /// The middleware: refuses foreign `Host`s, cross-site state changes and
-/// cross-origin websockets.
+/// cross-origin websockets and event streams.
 pub async fn check(State(hosts): State<AllowedHosts>, request: Request, next: Next) -> Response {
     match refusal(&hosts, request.method(), request.headers()) {
         Some(error) => error.into_response(),
@@ -113,7 +113,12 @@ fn refusal(hosts: &AllowedHosts, method: &Method, headers: &HeaderMap) -> Option
             ),
         ));
     }
-    let upgrade = headers.contains_key(header::UPGRADE);
+    // Websockets and event streams are read by pages that may not be ours.
+    let upgrade = headers.contains_key(header::UPGRADE)
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/event-stream"));
     let changes_state = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if !(changes_state || upgrade) {
         return None;

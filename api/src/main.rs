@@ -6,17 +6,19 @@ mod auth;
 mod error;
 mod extract;
 mod guard;
+mod lifecycle;
 mod limits;
+mod live;
 mod routes;
 mod state;
 mod status;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use orchestrator_core::{
-    config::{CommonConfig, parse_socket_addr},
+    config::{CommonConfig, Mode, parse_socket_addr},
     shutdown, telemetry,
 };
 use orchestrator_queue::fleet;
@@ -27,7 +29,9 @@ use crate::{
     app::Guards,
     auth::ApiKeys,
     guard::AllowedHosts,
+    lifecycle::{Lifecycle, StartPlan},
     limits::Limits,
+    live::Live,
     state::{AppState, Domains, Training},
 };
 
@@ -95,6 +99,22 @@ struct Cli {
     #[arg(long, env = "ORCH_NO_TRAINER")]
     no_trainer: bool,
 
+    /// Index every ORCH_INDEX_ROOTS directory at start (and at every
+    /// system start).
+    #[arg(long, env = "ORCH_AUTO_INDEX")]
+    auto_index: bool,
+
+    /// A TOML file of `[[campaign]]` tables (the body of POST
+    /// /api/v1/campaigns) started at system start unless one of the same
+    /// name is unfinished.
+    #[arg(long, env = "ORCH_AUTO_CAMPAIGNS")]
+    auto_campaigns: Option<std::path::PathBuf>,
+
+    /// Load every local model with weights present at system start
+    /// (default: true in production mode, else false).
+    #[arg(long, env = "ORCH_WARM_MODELS")]
+    warm_models: Option<bool>,
+
     #[command(flatten)]
     trainer: TrainerConfig,
 }
@@ -109,11 +129,29 @@ async fn main() {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
     cli.common.validate()?;
     let addr: SocketAddr = parse_socket_addr("ORCH_HTTP_ADDR", &cli.http_addr)?;
     let keys = ApiKeys::parse(cli.api_keys.as_deref()).map_err(anyhow::Error::msg)?;
     let hosts = AllowedHosts::parse(&cli.allowed_hosts).map_err(anyhow::Error::msg)?;
+    let mode = cli.common.mode;
+    if mode == Mode::Production && !keys.is_enabled() {
+        anyhow::bail!(
+            "ORCH_MODE=production: refusing to start without ORCH_API_KEYS, even on loopback \
+             (set keys, or use ORCH_MODE=development)"
+        );
+    }
+    // Removed at exit; held for the life of the process.
+    let throw_away = cli
+        .common
+        .throw_away_data_dir()
+        .context("ORCH_MODE=testing: cannot create a throw-away data directory")?;
+    if let Some(dir) = &throw_away {
+        tracing::info!(
+            "testing mode: data in {} (removed at exit)",
+            dir.path().display()
+        );
+    }
     if !addr.ip().is_loopback() && !keys.is_enabled() && !cli.insecure_no_auth {
         anyhow::bail!(
             "ORCH_HTTP_ADDR: refusing to listen on non-loopback {addr} without ORCH_API_KEYS \
@@ -123,7 +161,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     orchestrator_core::metrics::install();
     let embedded = cli.common.is_embedded();
     tracing::info!(
-        "starting orchestrator-api ({} mode)\n{}\n  api keys:    {}",
+        "starting orchestrator-api ({} mode, {})\n{}\n  api keys:    {}",
+        mode.as_str(),
         if embedded { "embedded" } else { "redis" },
         cli.common,
         if keys.is_enabled() {
@@ -133,6 +172,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     );
 
+    let start_plan = StartPlan {
+        auto_index: cli.auto_index,
+        campaigns: StartPlan::campaigns_from(cli.auto_campaigns.as_ref())?,
+        warm_models: cli.warm_models.unwrap_or(mode == Mode::Production),
+    };
+    let opening = std::time::Instant::now();
     let services = orchestrator_bootstrap::open(&cli.common).await?;
     let (store, backend, handlers) = (services.store, services.queue, services.handlers);
     // The registry is the source of truth for paused flags; a fresh Redis
@@ -159,20 +204,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         true => queue_names,
         false => Vec::new(),
     };
-    let fleet_registry = orchestrator_bootstrap::join_fleet(
+    let membership = orchestrator_bootstrap::join_fleet(
         &cli.common,
         orchestrator_core::fleet::Kind::Api,
         serves,
         shutdown_token.clone(),
     )
     .await?;
+    let fleet_registry = membership.registry.clone();
+    let lifecycle = Arc::new(Lifecycle::new(membership.switch, start_plan));
+    let live = Live::new(shutdown_token.clone());
     let status = status::spawn(
         status::Sources {
             store: store.clone(),
             queue: backend.clone(),
             fleet: fleet_registry.clone(),
+            lifecycle: lifecycle.clone(),
+            memory: services.memory.clone(),
+            models: services.workflows.models().clone(),
+            campaigns: services.campaigns.clone(),
+            trainer_in_process: embedded && !cli.no_trainer,
             embedded,
+            mode: mode.as_str(),
             target: cli.throughput_target,
+            live: live.clone(),
         },
         shutdown_token.clone(),
     );
@@ -208,10 +263,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             services.adapter_notices.clone(),
             cli.trainer.settings(&cli.common, owner)?,
         );
+        let trainer = std::sync::Arc::new(trainer);
         let stop = shutdown_token.clone();
-        tokio::spawn(async move {
-            if let Err(err) = trainer.run(stop).await {
-                tracing::error!("trainer stopped: {err:#}");
+        orchestrator_core::supervise::spawn("trainer", shutdown_token.clone(), move || {
+            let (trainer, stop) = (trainer.clone(), stop.clone());
+            async move {
+                if let Err(err) = trainer.run(stop).await {
+                    tracing::error!("trainer stopped: {err:#}");
+                }
             }
         });
     }
@@ -225,6 +284,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             campaigns: services.campaigns,
             fleet: fleet_registry,
             status,
+            lifecycle,
+            live,
         },
         cli.index_roots,
         Training {
@@ -238,6 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.max_websockets as usize,
         ),
     );
+    tokio::spawn(lifecycle::boot(state.clone(), opening.elapsed()));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

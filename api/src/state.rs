@@ -9,7 +9,7 @@ use orchestrator_queue::{JobHandler, QueueBackend};
 use orchestrator_training::{TrainingConfig, feedback::Feedback};
 use orchestrator_workflow::Workflows;
 
-use crate::{limits::Limits, status::StatusCache};
+use crate::{lifecycle::Lifecycle, limits::Limits, live::Live, status::StatusCache};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -32,6 +32,10 @@ pub struct AppState {
     pub fleet: fleet::Registry,
     /// The latest system snapshot.
     pub status: StatusCache,
+    /// Stopping and starting the fleet.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Status, warning and error events for operators.
+    pub live: Live,
 }
 
 /// The services behind the memory, workflow, campaign and fleet routes.
@@ -41,6 +45,8 @@ pub struct Domains {
     pub campaigns: Arc<Campaigns>,
     pub fleet: fleet::Registry,
     pub status: StatusCache,
+    pub lifecycle: Arc<Lifecycle>,
+    pub live: Live,
 }
 
 /// The learning half of the state.
@@ -74,6 +80,8 @@ impl AppState {
             limits,
             fleet: domains.fleet,
             status: domains.status,
+            lifecycle: domains.lifecycle,
+            live: domains.live,
         }
     }
 }

@@ -584,14 +584,7 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     /// Starts `redis-server` with `appendonly yes` and `appendfsync always`.
     pub async fn start_with_aof() -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("orch-redis-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("redis data dir");
-        let process = Self::spawn(port, &dir);
-        let redis = Self { port, dir, process };
-        redis.wait_ready().await;
-        redis
+        Self::start_on(free_port()).await
     }
 
     fn spawn(port: u16, dir: &Path) -> Process {
@@ -645,5 +638,73 @@ impl Drop for PrivateRedis {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` on a port chosen beforehand: the processes under
+    /// test were told to find Redis there before it was up.
+    pub async fn start_on(port: u16) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("orch-redis-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("redis data dir");
+        let process = Self::spawn(port, &dir);
+        let redis = Self { port, dir, process };
+        redis.wait_ready().await;
+        redis
+    }
+}
+
+impl Setup {
+    /// Starts `binary` with its log and its error output both going to the
+    /// file `log`, for tests that read what a process said while it runs.
+    pub fn spawn_logged(
+        &self,
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Process {
+        let file = std::fs::File::create(log)
+            .unwrap_or_else(|e| panic!("create log file {}: {e}", log.display()));
+        let child = self
+            .command(binary)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(file.try_clone().expect("log file handle"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        Process(Some(child))
+    }
+
+    /// Starts the API on `port` without waiting for it to answer, logging
+    /// to `log`: for tests of what it does before it listens.
+    pub fn spawn_api_logged(&self, port: u16, args: &[&str], log: &Path) -> Api {
+        let addr = format!("127.0.0.1:{port}");
+        Api {
+            process: self.spawn_logged("orchestrator-api", args, &[("ORCH_HTTP_ADDR", &addr)], log),
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            key: None,
+        }
+    }
+}
+
+/// Waits until the file at `path` contains `needle` and returns its text,
+/// failing the test (with what the file holds) after `within`.
+pub async fn wait_for_text(path: &Path, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never said {needle:?} within {within:?}; it holds:\n{text}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

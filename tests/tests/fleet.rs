@@ -141,14 +141,34 @@ async fn status_agrees_with_the_queues_and_the_fleet() {
         assert!(Instant::now() < deadline, "{code} {status}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(status["mode"], "embedded");
+    assert_eq!(status["backend"], "embedded");
+    assert_eq!(status["mode"], "development");
     assert_eq!(
         status["fleet"],
         json!({"api": 1, "trainer": 0, "worker": 0})
     );
-    for subsystem in status["subsystems"].as_array().unwrap() {
-        assert_eq!(subsystem["state"], "ok", "{subsystem}");
+    let subsystems = status["subsystems"].as_array().unwrap();
+    for subsystem in subsystems {
+        let name = subsystem["name"].as_str().unwrap();
+        let healthy = match name.strip_prefix("model:") {
+            Some(_) => ["loaded", "idle"].as_slice(),
+            None => ["ok"].as_slice(),
+        };
+        assert!(
+            healthy.contains(&subsystem["state"].as_str().unwrap()),
+            "{subsystem}"
+        );
     }
+    let names: Vec<&str> = subsystems
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for expected in ["store", "queue", "fleet", "trainer", "vectors"] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("model:")), "{names:?}");
+    assert_eq!(status["system"]["state"], "running", "{status}");
+    assert_eq!(status["activity"]["feedback_buffered"], 0, "{status}");
     let queues = api.get("/api/v1/queues").await.1;
     let listed = queue_named(&queues, "noop");
     let noop = queue_named(&status, "noop");

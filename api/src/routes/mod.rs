@@ -2,7 +2,9 @@
 
 pub mod campaigns;
 pub mod chat;
+pub mod compat;
 pub mod dead;
+pub mod events;
 pub mod fleet;
 pub mod health;
 pub mod jobs;
@@ -10,5 +12,6 @@ pub mod models;
 pub mod packs;
 pub mod queues;
 pub mod status;
+pub mod system;
 pub mod training;
 pub mod workflows;

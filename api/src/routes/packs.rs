@@ -171,6 +171,31 @@ async fn start_indexing(state: &AppState, id: &str, plan: IndexPlan) -> ApiResul
     })
 }
 
+/// Indexes a server directory (`ORCH_AUTO_INDEX`): the pack read from it
+/// is re-indexed (only changed files embed again), or created, named after
+/// the directory.
+pub async fn index_root(state: &AppState, root: &std::path::Path) -> ApiResult<IndexingStarted> {
+    let (root, docs) = read_root(state, &root.to_string_lossy()).await?;
+    let packs = &state.memory.packs;
+    let shown_root = root.to_string_lossy().to_string();
+    let existing = packs
+        .list()
+        .await?
+        .into_iter()
+        .find(|pack| pack.root.as_deref() == Some(shown_root.as_str()));
+    let id = match existing {
+        Some(pack) => pack.id,
+        None => {
+            let name = root
+                .file_name()
+                .map_or_else(|| shown_root.clone(), |n| n.to_string_lossy().to_string());
+            packs.create(&name, Some(&root)).await?
+        }
+    };
+    let plan = packs.sync(&id, docs).await?;
+    start_indexing(state, &id, plan).await
+}
+
 /// Create a pack and queue its files for embedding.
 #[utoipa::path(post, path = "/api/v1/context-packs", request_body = CreatePack, responses(
     (status = 202, body = IndexingStarted), (status = 403, body = ErrorBody),

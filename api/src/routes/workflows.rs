@@ -100,6 +100,17 @@ pub async fn watch(
     Path(id): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
+    watch_shaped(state, id, upgrade, |body| body).await
+}
+
+/// [`watch`], with every message passed through `shape` on its way out, so
+/// another path can serve the same stream in another client's shape.
+pub(crate) async fn watch_shaped(
+    state: AppState,
+    id: String,
+    upgrade: WebSocketUpgrade,
+    shape: fn(Value) -> Value,
+) -> ApiResult<Response> {
     check_id(&id)?;
     let slot = state.limits.websocket()?;
     // Subscribe before reading the snapshot, so nothing falls in between.
@@ -112,7 +123,7 @@ pub async fn watch(
     Ok(upgrade
         .max_message_size(WEBSOCKET_MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
-            stream(socket, state, id, snapshot, events).await;
+            stream(socket, state, id, snapshot, events, shape).await;
             drop(slot);
         }))
 }
@@ -123,8 +134,9 @@ async fn stream(
     id: String,
     snapshot: Value,
     mut events: Receiver<Event>,
+    shape: fn(Value) -> Value,
 ) {
-    let mut watcher = Watcher::default();
+    let mut watcher = Watcher::new(shape);
     if watcher.send(&mut socket, snapshot).await.is_err() || watcher.finished {
         return;
     }
@@ -165,13 +177,21 @@ async fn stream(
 
 /// Keeps what a watcher sees in order: progress never goes backwards, and
 /// nothing follows the final message.
-#[derive(Default)]
 struct Watcher {
     step: i64,
     finished: bool,
+    shape: fn(Value) -> Value,
 }
 
 impl Watcher {
+    fn new(shape: fn(Value) -> Value) -> Self {
+        Self {
+            step: 0,
+            finished: false,
+            shape,
+        }
+    }
+
     async fn send(&mut self, socket: &mut WebSocket, body: Value) -> Result<(), axum::Error> {
         let kind = body["type"].as_str().unwrap_or_default();
         if kind == "status_update" {
@@ -182,6 +202,7 @@ impl Watcher {
             self.step = step;
         }
         self.finished = matches!(kind, "workflow_complete" | "error");
+        let body = (self.shape)(body);
         socket.send(Message::Text(body.to_string().into())).await
     }
 }

@@ -7,13 +7,24 @@
 //! (`orchestrator-api`, `orchestrator-worker`, `orchestrator-trainer`) call
 //! it and hold no wiring of their own beyond their flags and handlers.
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+};
 
 use anyhow::Context;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use orchestrator_campaign::{Campaigns, fetch::Allow, slots, store::CampaignStore};
-use orchestrator_core::{config::CommonConfig, events::Events, fleet, store::Store};
+use orchestrator_core::{
+    config::{CommonConfig, DatabaseKind},
+    connect,
+    events::{Event, Events},
+    fleet,
+    store::Store,
+    system,
+};
 use orchestrator_memory::{Embed, Memory, packs::EMBED_QUEUE, packs::PackStore};
 use orchestrator_models::{Models, Registry};
 use orchestrator_queue::{JobHandler, Noop, QueueBackend, fleet::Assignment};
@@ -59,9 +70,12 @@ pub struct Services {
 /// and reads the model registry and workflow patterns. Models (language and
 /// embedding) load lazily on first use.
 pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
+    // A bad wait limit is reported before anything connects, whichever
+    // backends are in use.
+    connect::limit_from_env()?;
     let registry = Registry::load_or_create(&config.models_config_path())?;
     let patterns = Patterns::load(config.workflow_patterns.as_deref())?;
-    let store = Store::connect(config).await?;
+    let store = connect_store(config).await?;
     let memory = Arc::new(Memory::new(
         config,
         PackStore::new(store.connection().clone()),
@@ -70,11 +84,16 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
     let handlers = builtin(config, &memory, &workflows_slot);
     let defaults: Vec<_> = handlers.iter().map(|h| (h.queue(), h.defaults())).collect();
     store.seed_queues(&defaults).await?;
-    let queue = orchestrator_queue::connect(config).await?;
+    let queue = with_redis(config, || orchestrator_queue::connect(config)).await?;
     let events = open_events(config, "workflows").await?;
     let adapter_notices = Arc::new(open_events(config, "adapters").await?);
     let feedback = Arc::new(match &config.redis_url {
-        Some(url) => Feedback::redis(store.connection().clone(), url, &config.redis_prefix).await?,
+        Some(url) => {
+            with_redis(config, || {
+                Feedback::redis(store.connection().clone(), url, &config.redis_prefix)
+            })
+            .await?
+        }
         None => Feedback::embedded(store.connection().clone()),
     });
     let models = Arc::new(
@@ -86,7 +105,8 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         .with_adapter_cache(config.data_dir.join("adapter-cache")),
     );
     models.refresh_adapters().await?;
-    follow_adapters(models.clone(), &adapter_notices).await?;
+    let heard = with_redis(config, || adapter_notices.subscribe()).await?;
+    follow_adapters(models.clone(), heard);
     let workflows = Arc::new(Workflows::new(
         store.connection().clone(),
         models,
@@ -99,7 +119,10 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
     let campaigns = Arc::new(Campaigns::new(
         CampaignStore::new(store.connection().clone()),
         queue.clone(),
-        slots::open(config.redis_url.as_deref(), &config.redis_prefix).await?,
+        with_redis(config, || {
+            slots::open(config.redis_url.as_deref(), &config.redis_prefix)
+        })
+        .await?,
         config.lease(),
         campaign_allow(config)?,
     ));
@@ -142,27 +165,57 @@ pub fn campaign_allow(config: &CommonConfig) -> anyhow::Result<Allow> {
 /// The event topic `topic`: over Redis with Redis, in-process without.
 async fn open_events(config: &CommonConfig, topic: &str) -> anyhow::Result<Events> {
     match &config.redis_url {
-        Some(url) => Events::redis(url, format!("{}:events:{topic}", config.redis_prefix)).await,
+        Some(url) => {
+            let channel = format!("{}:events:{topic}", config.redis_prefix);
+            with_redis(config, || Events::redis(url, channel.clone())).await
+        }
         None => Ok(Events::in_process()),
+    }
+}
+
+/// Opens the store, waiting for a PostgreSQL server that is not up yet; a
+/// SQLite file has no server to wait for, so its errors come at once.
+async fn connect_store(config: &CommonConfig) -> anyhow::Result<Store> {
+    if config.database_kind()? == DatabaseKind::Sqlite {
+        return Store::connect(config).await;
+    }
+    let url = config.database_url();
+    let limit = connect::limit_from_env()?;
+    connect::until_connected("the store", &url, limit, || Store::connect(config)).await
+}
+
+/// Runs a start-up step that connects to Redis, waiting while Redis cannot
+/// be reached (see [`connect::until_connected`]): a process started before
+/// Redis is up, or during its restart, comes up with it. Without Redis the
+/// step runs once.
+async fn with_redis<T, F, Fut>(config: &CommonConfig, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    match &config.redis_url {
+        Some(url) => {
+            let limit = connect::limit_from_env()?;
+            connect::until_connected("Redis", url, limit, attempt).await
+        }
+        None => attempt().await,
     }
 }
 
 /// Reloads the adapter table (and the new active adapters) whenever a
 /// trainer publishes, promotes or rolls back an adapter.
-async fn follow_adapters(models: Arc<Models>, notices: &Events) -> anyhow::Result<()> {
-    let mut heard = notices.subscribe().await?;
+fn follow_adapters(models: Arc<Models>, mut heard: broadcast::Receiver<Event>) {
     tokio::spawn(async move {
         loop {
             match heard.recv().await {
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
             }
             if let Err(err) = models.adapters_changed().await {
                 tracing::warn!(error = %format!("{err:#}"), "reloading adapters failed");
             }
         }
     });
-    Ok(())
 }
 
 /// One worker plan per handler, with the queue's registry settings;
@@ -201,21 +254,34 @@ pub async fn join_workers(
     Ok(())
 }
 
+/// This process's place in the fleet: the registry it beats into and the
+/// system switch it follows.
+pub struct Membership {
+    pub registry: fleet::Registry,
+    pub switch: system::Switch,
+}
+
 /// Registers this process in the fleet (Redis when configured, else the
-/// process's own table) and beats until `shutdown`.
+/// process's own table), beats until `shutdown`, and follows the system
+/// switch (a stopped system leases no jobs).
 pub async fn join_fleet(
     config: &CommonConfig,
     kind: fleet::Kind,
     serves: Vec<String>,
     shutdown: CancellationToken,
-) -> anyhow::Result<fleet::Registry> {
+) -> anyhow::Result<Membership> {
     let registry = match &config.redis_url {
-        Some(url) => fleet::Registry::redis(url, &config.redis_prefix).await?,
+        Some(url) => {
+            with_redis(config, || fleet::Registry::redis(url, &config.redis_prefix)).await?
+        }
         None => fleet::Registry::in_process(),
     };
+    let switch = system::Switch::new(&registry, open_events(config, "system").await?);
+    // The state is known before the first job is leased.
+    switch.follow(shutdown.clone()).await?;
     let process = fleet::this_process(kind, serves);
     // Listed from the start, not only after the first beat.
     registry.beat(&process).await?;
     fleet::spawn_heartbeat(registry.clone(), process, shutdown);
-    Ok(registry)
+    Ok(Membership { registry, switch })
 }

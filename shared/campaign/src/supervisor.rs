@@ -85,18 +85,23 @@ impl Campaigns {
     /// in-process workers on each active campaign as it allows.
     pub fn supervise(self: &Arc<Self>, in_process: bool, shutdown: CancellationToken) {
         let campaigns = self.clone();
-        tokio::spawn(async move {
-            let mut local: HashMap<String, Arc<AtomicUsize>> = HashMap::new();
-            loop {
-                if let Err(err) = campaigns.look(in_process, &mut local, &shutdown).await {
-                    tracing::warn!("campaign supervisor: {err:#}");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        let stop = shutdown.clone();
+        orchestrator_core::supervise::spawn("campaign supervisor", shutdown, move || {
+            campaigns.clone().supervise_loop(in_process, stop.clone())
         });
+    }
+
+    async fn supervise_loop(self: Arc<Self>, in_process: bool, shutdown: CancellationToken) {
+        let mut local: HashMap<String, Arc<AtomicUsize>> = HashMap::new();
+        loop {
+            if let Err(err) = self.look(in_process, &mut local, &shutdown).await {
+                tracing::warn!("campaign supervisor: {err:#}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     async fn look(

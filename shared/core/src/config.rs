@@ -71,6 +71,60 @@ pub struct CommonConfig {
     /// tests); off, such payloads are refused at push.
     #[arg(long, env = "ORCH_NOOP_FAULTS")]
     pub noop_faults: bool,
+
+    /// `development` (default), `production` (API keys required even on
+    /// loopback, JSON logs, embedded queues refused without
+    /// --allow-embedded) or `testing` (a throw-away data directory).
+    #[arg(long, env = "ORCH_MODE", default_value = "development", value_parser = Mode::parse)]
+    pub mode: Mode,
+
+    /// In production mode, run on embedded SQLite queues anyway (one
+    /// machine, no Redis).
+    #[arg(long, env = "ORCH_ALLOW_EMBEDDED")]
+    pub allow_embedded: bool,
+}
+
+/// How strict a process is (`ORCH_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Today's defaults: loopback without keys is fine, readable logs.
+    Development,
+    /// Keys required, JSON logs, no embedded queues unless allowed.
+    Production,
+    /// A throw-away data directory per process, for test suites.
+    Testing,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Development => "development",
+            Mode::Production => "production",
+            Mode::Testing => "testing",
+        }
+    }
+
+    /// The value of `ORCH_MODE`, named in the error (clap names only the flag).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        [Mode::Development, Mode::Production, Mode::Testing]
+            .into_iter()
+            .find(|mode| mode.as_str() == raw.trim())
+            .ok_or_else(|| {
+                format!(
+                    "ORCH_MODE must be development, production or testing, not {:?}",
+                    raw.chars().take(64).collect::<String>()
+                )
+            })
+    }
+
+    /// The mode set in the environment, for choosing the log format before
+    /// the command line is parsed (an invalid value is reported by the parse).
+    pub fn from_env() -> Self {
+        std::env::var("ORCH_MODE")
+            .ok()
+            .and_then(|raw| Self::parse(&raw).ok())
+            .unwrap_or(Mode::Development)
+    }
 }
 
 /// A configuration value that failed validation, named after its variable.
@@ -101,6 +155,13 @@ impl CommonConfig {
     /// Checks every value and reports the first problem with the variable's
     /// name, e.g. `ORCH_REDIS_URL: invalid URL "x": relative URL without a base`.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode == Mode::Production && self.is_embedded() && !self.allow_embedded {
+            return Err(ConfigError::new(
+                "ORCH_MODE",
+                "production refuses embedded SQLite queues (one machine, no failover): set \
+                 ORCH_REDIS_URL, or pass --allow-embedded (ORCH_ALLOW_EMBEDDED=true) to run on one machine anyway",
+            ));
+        }
         if let Some(url) = &self.redis_url {
             validate_redis_url(url)?;
         }
@@ -189,6 +250,24 @@ impl CommonConfig {
 
     pub fn is_embedded(&self) -> bool {
         self.redis_url.is_none()
+    }
+
+    /// In testing mode, moves the data directory to a fresh one under the
+    /// system's temporary directory, removed when the returned guard drops
+    /// (at exit). Other modes keep theirs.
+    pub fn throw_away_data_dir(&mut self) -> std::io::Result<Option<ThrowAwayDir>> {
+        if self.mode != Mode::Testing {
+            return Ok(None);
+        }
+        let nonce = uuid::Uuid::now_v7().simple().to_string();
+        let dir = std::env::temp_dir().join(format!(
+            "orchestrator-testing-{}-{}",
+            std::process::id(),
+            &nonce[20..]
+        ));
+        std::fs::create_dir_all(&dir)?;
+        self.data_dir = dir.clone();
+        Ok(Some(ThrowAwayDir(dir)))
     }
 }
 
@@ -283,6 +362,22 @@ pub fn redact_url(raw: &str) -> String {
 pub fn parse_socket_addr(name: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
     raw.parse()
         .map_err(|e| ConfigError::new(name, format!("invalid address {raw:?}: {e}")))
+}
+
+/// A data directory removed when dropped.
+#[derive(Debug)]
+pub struct ThrowAwayDir(PathBuf);
+
+impl ThrowAwayDir {
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ThrowAwayDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]

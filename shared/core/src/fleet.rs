@@ -23,6 +23,10 @@ use utoipa::ToSchema;
 pub const BEAT: Duration = Duration::from_secs(2);
 /// Beats a process may miss before it leaves the list.
 pub const MISSED_BEATS: u32 = 3;
+/// How often a draining process beats, so a stop sees it go idle at once.
+const DRAINING_BEAT: Duration = Duration::from_millis(200);
+/// How long a process that left on purpose is remembered as such.
+pub const LEFT_NOTE: Duration = Duration::from_secs(60);
 
 /// What a process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -61,6 +65,14 @@ pub struct Process {
     pub jobs_in_flight: u64,
     pub jobs_done: u64,
     pub rss_bytes: u64,
+    /// `running`; while the system stops, `draining` until every job it
+    /// holds is acknowledged, then `stopped` (its acknowledgement).
+    #[serde(default = "running")]
+    pub state: String,
+}
+
+fn running() -> String {
+    "running".into()
 }
 
 /// Jobs this process runs now and has finished, counted by the queue
@@ -69,9 +81,24 @@ pub struct Process {
 pub struct JobCounts {
     in_flight: AtomicU64,
     done: AtomicU64,
+    /// Leased and not yet acknowledged or released (started or not).
+    held: AtomicU64,
 }
 
 impl JobCounts {
+    pub fn leased(&self, jobs: usize) {
+        self.held.fetch_add(jobs as u64, Ordering::Relaxed);
+    }
+
+    pub fn let_go(&self, jobs: usize) {
+        self.held.fetch_sub(jobs as u64, Ordering::Relaxed);
+    }
+
+    /// Whether this process holds no job at all.
+    pub fn is_idle(&self) -> bool {
+        self.held.load(Ordering::Relaxed) == 0 && self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
     pub fn started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
@@ -87,6 +114,7 @@ pub fn job_counts() -> &'static JobCounts {
     static COUNTS: JobCounts = JobCounts {
         in_flight: AtomicU64::new(0),
         done: AtomicU64::new(0),
+        held: AtomicU64::new(0),
     };
     &COUNTS
 }
@@ -143,17 +171,42 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes a process that stops on purpose.
+    /// Removes a process that stops on purpose, leaving a note for
+    /// [`LEFT_NOTE`] so it is not reported lost.
     pub async fn leave(&self, id: &str) -> anyhow::Result<()> {
         match self {
             Self::InProcess(table) => {
                 table.lock().expect("fleet table").remove(id);
             }
             Self::Redis { client, prefix } => {
-                let _: i64 = client.del(format!("{prefix}:fleet:{id}")).await?;
+                let pipeline = client.pipeline();
+                let _: () = pipeline.del(format!("{prefix}:fleet:{id}")).await?;
+                let _: () = pipeline
+                    .set(
+                        format!("{prefix}:fleet-left:{id}"),
+                        "1",
+                        Some(Expiration::PX(LEFT_NOTE.as_millis() as i64)),
+                        None,
+                        false,
+                    )
+                    .await?;
+                let _: Vec<Value> = pipeline.all().await?;
             }
         }
         Ok(())
+    }
+
+    /// Whether process `id` left on purpose (rather than died) in the last
+    /// [`LEFT_NOTE`].
+    pub async fn left(&self, id: &str) -> anyhow::Result<bool> {
+        match self {
+            // The one process of embedded mode only leaves on purpose.
+            Self::InProcess(_) => Ok(true),
+            Self::Redis { client, prefix } => {
+                let found: i64 = client.exists(format!("{prefix}:fleet-left:{id}")).await?;
+                Ok(found > 0)
+            }
+        }
     }
 
     /// Every live process, oldest first.
@@ -222,10 +275,13 @@ pub fn this_process(kind: Kind, serves: Vec<String>) -> Process {
         jobs_in_flight: 0,
         jobs_done: 0,
         rss_bytes: 0,
+        state: running(),
     }
 }
 
 /// Beats for `process` every [`BEAT`] until `shutdown`, then leaves. A
+/// change of the system state beats at once, and a draining process beats
+/// every [`DRAINING_BEAT`], so a stop learns promptly when it is idle. A
 /// failed beat is logged and tried again at the next one.
 pub fn spawn_heartbeat(
     registry: Registry,
@@ -233,17 +289,19 @@ pub fn spawn_heartbeat(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(BEAT);
+        let mut system = crate::system::watch();
+        let mut next = BEAT;
         loop {
             tokio::select! {
-                _ = ticks.tick() => {}
+                _ = tokio::time::sleep(next) => {}
+                _ = system.changed() => {}
                 _ = shutdown.cancelled() => break,
             }
-            let counts = job_counts();
-            process.last_beat = crate::now_ms();
-            process.jobs_in_flight = counts.in_flight.load(Ordering::Relaxed);
-            process.jobs_done = counts.done.load(Ordering::Relaxed);
-            process.rss_bytes = resident_bytes();
+            refresh(&mut process);
+            next = match process.state.as_str() {
+                "draining" => DRAINING_BEAT,
+                _ => BEAT,
+            };
             if let Err(err) = registry.beat(&process).await {
                 tracing::warn!(error = %format!("{err:#}"), "fleet heartbeat failed");
             }
@@ -252,6 +310,22 @@ pub fn spawn_heartbeat(
             tracing::warn!(error = %format!("{err:#}"), "leaving the fleet registry failed");
         }
     })
+}
+
+/// Updates what a beat reports: counts, memory, and the process's own
+/// state in the system's lifecycle.
+fn refresh(process: &mut Process) {
+    let counts = job_counts();
+    process.last_beat = crate::now_ms();
+    process.jobs_in_flight = counts.in_flight.load(Ordering::Relaxed);
+    process.jobs_done = counts.done.load(Ordering::Relaxed);
+    process.rss_bytes = resident_bytes();
+    process.state = match (crate::system::current().runs_work(), counts.is_idle()) {
+        (true, _) => "running",
+        (false, false) => "draining",
+        (false, true) => "stopped",
+    }
+    .to_string();
 }
 
 /// This process's resident set, from /proc (0 where there is none).

@@ -21,6 +21,7 @@ pub const CAMPAIGN_FRONTIER: &str = "orchestrator_campaign_frontier";
 pub const CAMPAIGN_WORKERS: &str = "orchestrator_campaign_workers";
 pub const FLEET_PROCESSES: &str = "orchestrator_fleet_processes";
 pub const THROUGHPUT_TARGET: &str = "orchestrator_throughput_target";
+pub const SUBSYSTEM_RESTARTS: &str = "orchestrator_subsystem_restarts_total";
 
 /// Histogram buckets for job durations: from a no-op (microseconds) to a long
 /// model call (minutes).
@@ -79,6 +80,10 @@ fn describe() {
     metrics::describe_gauge!(
         CAMPAIGN_WORKERS,
         "Workers holding one of a campaign's slots."
+    );
+    metrics::describe_counter!(
+        SUBSYSTEM_RESTARTS,
+        "In-process loops restarted after a panic, by subsystem."
     );
     metrics::describe_counter!(JOBS_ENQUEUED, "Jobs accepted into a queue.");
     metrics::describe_counter!(

@@ -71,6 +71,17 @@ impl Memory {
             .cloned()
     }
 
+    /// The vector store if something opened it already (status checks must
+    /// not open an embedded store nobody uses).
+    pub fn vectors_if_open(&self) -> Option<Arc<dyn VectorStore>> {
+        self.vectors.get().cloned()
+    }
+
+    /// Whether vectors live in Qdrant (a remote service worth checking).
+    pub fn is_remote(&self) -> bool {
+        self.qdrant_url.is_some()
+    }
+
     /// Whether the embedding model is on disk (for `/ready` and clear errors).
     pub fn model_present(&self) -> bool {
         embedding::model_path(&self.models_dir)

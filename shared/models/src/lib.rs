@@ -189,6 +189,15 @@ impl Models {
         Ok(active)
     }
 
+    /// Whether local model `id` is loaded in this process.
+    pub fn is_loaded(&self, id: &str) -> bool {
+        self.local
+            .lock()
+            .expect("local model table")
+            .get(id)
+            .is_some_and(|slot| slot.initialized())
+    }
+
     /// After an adapter change: re-read the table and load the active
     /// adapters of base models this process already serves, so the first
     /// request to a new version does not wait for it.

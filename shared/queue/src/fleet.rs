@@ -62,25 +62,35 @@ pub fn spawn_workers(
     set
 }
 
-/// Refreshes `orchestrator_queue_depth{queue}` until `shutdown`.
+/// Refreshes `orchestrator_queue_depth{queue}` until `shutdown`
+/// (restarted if it panics).
 pub fn spawn_depth_sampler(
     backend: Arc<dyn QueueBackend>,
     queues: Vec<String>,
     shutdown: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        loop {
-            for queue in &queues {
-                match backend.counts(queue).await {
-                    Ok(counts) => metrics::gauge!(m::QUEUE_DEPTH, "queue" => queue.clone())
-                        .set(counts.pending as f64),
-                    Err(err) => tracing::debug!("queue depth of {queue}: {err:#}"),
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-                _ = shutdown.cancelled() => return,
+    let stop = shutdown.clone();
+    orchestrator_core::supervise::spawn("depth sampler", shutdown, move || {
+        sample_depths(backend.clone(), queues.clone(), stop.clone())
+    });
+}
+
+async fn sample_depths(
+    backend: Arc<dyn QueueBackend>,
+    queues: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        for queue in &queues {
+            match backend.counts(queue).await {
+                Ok(counts) => metrics::gauge!(m::QUEUE_DEPTH, "queue" => queue.clone())
+                    .set(counts.pending as f64),
+                Err(err) => tracing::debug!("queue depth of {queue}: {err:#}"),
             }
         }
-    });
+        tokio::select! {
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }

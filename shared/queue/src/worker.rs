@@ -36,7 +36,7 @@ use tower::{layer::util::Identity, limit::RateLimitLayer, service_fn};
 
 use super::{Ack, LeasedJob, QueueBackend};
 use crate::JobHandler;
-use orchestrator_core::{metrics as m, now_ms};
+use orchestrator_core::{metrics as m, now_ms, system};
 
 /// Most jobs one fetch asks for.
 const MAX_FETCH_BATCH: usize = 1_000;
@@ -153,6 +153,7 @@ pub async fn run(
         for id in &unstarted {
             held.remove(id);
         }
+        orchestrator_core::fleet::job_counts().let_go(unstarted.len());
     }
     let _ = acker.await;
     heartbeat_stop.cancel();
@@ -236,7 +237,14 @@ async fn fetch_loop(
     shutdown: CancellationToken,
 ) {
     let mut error_backoff = Duration::from_millis(100);
+    let counts = orchestrator_core::fleet::job_counts();
+    let mut system_changes = system::watch();
     loop {
+        // While the system is stopped nothing more is leased; what is held
+        // runs to the end and is acknowledged.
+        if !system::current().runs_work() && !system::wait_until_running(&shutdown).await {
+            return;
+        }
         let first = tokio::select! {
             permit = capacity.acquire() => permit,
             _ = shutdown.cancelled() => return,
@@ -248,6 +256,10 @@ async fn fetch_loop(
             permits.forget();
         }
         let wanted = 1 + extra;
+        if !system::current().runs_work() {
+            capacity.add_permits(wanted);
+            continue;
+        }
         match backend
             .fetch(&options.queue, &options.worker_id, wanted, options.lease)
             .await
@@ -256,6 +268,7 @@ async fn fetch_loop(
                 error_backoff = Duration::from_millis(100);
                 capacity.add_permits(wanted - fetched.jobs.len());
                 let idle = fetched.jobs.is_empty();
+                counts.leased(fetched.jobs.len());
                 for job in fetched.jobs {
                     held.lock().expect("held lock").insert(job.id.clone());
                     let task = TaskBuilder::new(job.clone())
@@ -275,6 +288,7 @@ async fn fetch_loop(
                     };
                     tokio::select! {
                         _ = backend.wait_for_jobs(&options.queue, wait) => {}
+                        _ = system_changes.changed() => {}
                         _ = shutdown.cancelled() => return,
                     }
                 }
@@ -319,6 +333,7 @@ async fn ack_loop(
             }
         }
         capacity.add_permits(batch.len());
+        orchestrator_core::fleet::job_counts().let_go(batch.len());
         batch.clear();
     }
 }

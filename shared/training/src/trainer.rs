@@ -101,9 +101,15 @@ impl Trainer {
 
     /// Works until `shutdown`; a run in progress is abandoned (its lease
     /// lapses and another trainer resumes it).
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(owner = %self.settings.owner, "trainer started");
         while !shutdown.is_cancelled() {
+            // A stopped system starts no run; one under way finishes.
+            if !orchestrator_core::system::current().runs_work()
+                && !orchestrator_core::system::wait_until_running(&shutdown).await
+            {
+                break;
+            }
             let worked = match self.tick(&shutdown).await {
                 Ok(worked) => worked,
                 Err(err) => {
@@ -125,7 +131,12 @@ impl Trainer {
     pub async fn tick(&self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
         let lease_ms = self.settings.lease.as_millis() as u64;
         if let Some(run) = runs::claim(&self.db, &self.settings.owner, lease_ms).await? {
+            // Counted as this process's job in flight, so a system stop
+            // waits for it.
+            let counts = orchestrator_core::fleet::job_counts();
+            counts.started();
             self.execute(run, shutdown).await;
+            counts.finished();
             return Ok(true);
         }
         for base in self.models.trainable() {

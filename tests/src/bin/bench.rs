@@ -60,6 +60,10 @@ enum Bench {
         workers: u64,
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         concurrency: u64,
+        /// Redis key prefix (default: a fresh one), so an API on the same
+        /// prefix sees the load.
+        #[arg(long)]
+        prefix: Option<String>,
     },
     /// Push-to-start delay of single jobs to an idle worker.
     Latency {
@@ -113,7 +117,11 @@ async fn main() -> anyhow::Result<()> {
             jobs,
             workers,
             concurrency,
-        } => e2e(&cli.redis_url, jobs, workers, concurrency).await?,
+            prefix,
+        } => {
+            let prefix = prefix.unwrap_or_else(unique_prefix);
+            e2e(&cli.redis_url, &prefix, jobs, workers, concurrency).await?
+        }
         Bench::Latency { samples } => latency(&cli.redis_url, samples).await?,
         Bench::Footprint { jobs } => footprint(&cli.redis_url, jobs).await?,
     }
@@ -302,11 +310,16 @@ async fn wait_for_workers(queue: &Arc<dyn QueueBackend>, count: u64) -> anyhow::
     Ok(())
 }
 
-async fn e2e(redis_url: &str, jobs: u64, workers: u64, concurrency: u64) -> anyhow::Result<()> {
-    let prefix = unique_prefix();
-    let redis = Arc::new(RedisBackend::connect(redis_url, &prefix).await?);
+async fn e2e(
+    redis_url: &str,
+    prefix: &str,
+    jobs: u64,
+    workers: u64,
+    concurrency: u64,
+) -> anyhow::Result<()> {
+    let redis = Arc::new(RedisBackend::connect(redis_url, prefix).await?);
     let queue: Arc<dyn QueueBackend> = redis.clone();
-    let fleet = Workers::start(redis_url, &prefix, workers, concurrency)?;
+    let fleet = Workers::start(redis_url, prefix, workers, concurrency)?;
     wait_for_workers(&queue, workers).await?;
 
     let redis_cpu_before = redis.cpu_seconds().await?;

@@ -31,6 +31,16 @@ use crate::{
 };
 pub use queue_entity::Model as QueueSettings;
 
+/// What the store holds, counted by status (see [`Store::activity`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Activity {
+    pub workflows: std::collections::BTreeMap<String, u64>,
+    pub training_runs: std::collections::BTreeMap<String, u64>,
+    pub campaigns: std::collections::BTreeMap<String, u64>,
+    /// Feedback examples waiting for a training run.
+    pub feedback_buffered: u64,
+}
+
 /// Begins a transaction that will write. On SQLite it takes the write lock
 /// at `BEGIN` (`BEGIN IMMEDIATE`): a deferred transaction that reads first
 /// and writes later fails at once with "database is locked" when another
@@ -128,6 +138,34 @@ impl Store {
     pub async fn ping(&self) -> anyhow::Result<()> {
         self.db.execute_unprepared("SELECT 1").await?;
         Ok(())
+    }
+
+    /// Workflows, training runs and campaigns counted by status, and the
+    /// feedback examples no run has taken yet: one round trip, for status.
+    pub async fn activity(&self) -> anyhow::Result<Activity> {
+        let sql = "SELECT 'workflows' AS kind, status, COUNT(*) AS n FROM workflows GROUP BY status \
+             UNION ALL SELECT 'training_runs', status, COUNT(*) FROM training_runs GROUP BY status \
+             UNION ALL SELECT 'campaigns', status, COUNT(*) FROM campaigns GROUP BY status \
+             UNION ALL SELECT 'feedback', 'buffered', COUNT(*) FROM feedback \
+             WHERE target IS NOT NULL AND run_id IS NULL";
+        let statement = sea_orm::Statement::from_string(self.db.get_database_backend(), sql);
+        let mut activity = Activity::default();
+        for row in self.db.query_all_raw(statement).await? {
+            let kind: String = row.try_get("", "kind")?;
+            let status: String = row.try_get("", "status")?;
+            let count = row.try_get::<i64>("", "n")?.max(0) as u64;
+            let table = match kind.as_str() {
+                "workflows" => &mut activity.workflows,
+                "training_runs" => &mut activity.training_runs,
+                "campaigns" => &mut activity.campaigns,
+                _ => {
+                    activity.feedback_buffered = count;
+                    continue;
+                }
+            };
+            table.insert(status, count);
+        }
+        Ok(activity)
     }
 
     /// Makes sure every listed queue has a registry row with its defaults,
