@@ -39,6 +39,17 @@ const WINDOW: Duration = Duration::from_secs(60);
 const SLOW_EVERY: Duration = Duration::from_secs(10);
 /// Longest a remote model's address may take to accept a connection.
 const REACH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest one check may take: a backend that does not answer is down, and
+/// the snapshot goes on without it (clients buffer commands while they
+/// reconnect, which would otherwise hold the snapshot until Redis is back).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `check`, or an error once it has taken [`CHECK_TIMEOUT`].
+async fn bounded<T>(check: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {CHECK_TIMEOUT:?}")))
+}
 
 /// `GET /api/v1/status`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -124,11 +135,33 @@ pub struct Throughput {
 
 /// The latest snapshot, shared with the route.
 #[derive(Clone)]
-pub struct StatusCache(Arc<RwLock<Option<Arc<SystemStatus>>>>);
+pub struct StatusCache(Arc<RwLock<Option<Snapshot>>>);
+
+/// A snapshot and its JSON, serialized once for every reader.
+#[derive(Clone)]
+struct Snapshot {
+    status: Arc<SystemStatus>,
+    json: bytes::Bytes,
+}
 
 impl StatusCache {
     pub fn latest(&self) -> Option<Arc<SystemStatus>> {
-        self.0.read().expect("status cache").clone()
+        let snapshot = self.0.read().expect("status cache");
+        snapshot.as_ref().map(|s| s.status.clone())
+    }
+
+    /// The latest snapshot as JSON (`GET /api/v1/status` sends it as is).
+    pub fn latest_json(&self) -> Option<bytes::Bytes> {
+        let snapshot = self.0.read().expect("status cache");
+        snapshot.as_ref().map(|s| s.json.clone())
+    }
+
+    fn store(&self, status: SystemStatus) {
+        let json = serde_json::to_vec(&status).unwrap_or_default().into();
+        *self.0.write().expect("status cache") = Some(Snapshot {
+            status: Arc::new(status),
+            json,
+        });
     }
 }
 
@@ -189,7 +222,7 @@ async fn sample(
                 .send("status", "status", "the system at a glance".into(), data);
         }
         tick += 1;
-        *cache.0.write().expect("status cache") = Some(Arc::new(status));
+        cache.store(status);
     }
 }
 
@@ -252,7 +285,7 @@ async fn snapshot(
 ) -> (SystemStatus, Option<Vec<fleet::Process>>) {
     let mut subsystems = Vec::new();
     let timed = Instant::now();
-    let store_check = sources.store.ping().await;
+    let store_check = bounded(sources.store.ping()).await;
     subsystems.push(subsystem("store", timed, store_check.err()));
 
     let timed = Instant::now();
@@ -261,7 +294,7 @@ async fn snapshot(
 
     let timed = Instant::now();
     let mut fleet = BTreeMap::new();
-    let listed = sources.fleet.list().await;
+    let listed = bounded(sources.fleet.list()).await;
     if let Ok(processes) = &listed {
         for kind in fleet::Kind::ALL {
             let count = processes.iter().filter(|p| p.kind == kind).count();
@@ -286,7 +319,13 @@ async fn snapshot(
     subsystems.extend(models(&sources.models, &slow.remote));
 
     let (activity, campaign_errors) = activity(sources).await;
-    let record = sources.lifecycle.switch().read().await.unwrap_or_default();
+    // Without an answer, this process's own view of the state.
+    let record = bounded(sources.lifecycle.switch().read())
+        .await
+        .unwrap_or_else(|_| system::Record {
+            state: system::current(),
+            changed_at: 0,
+        });
     let per_minute = history.rate(None, WINDOW);
     let status = SystemStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -328,10 +367,10 @@ async fn queue_counts(
     let mut queues = Vec::new();
     let mut error = None;
     let mut done = BTreeMap::new();
-    match sources.store.queues().await {
+    match bounded(sources.store.queues()).await {
         Ok(settings) => {
             for queue in settings {
-                match sources.queue.counts(&queue.name).await {
+                match bounded(sources.queue.counts(&queue.name)).await {
                     Ok(counts) => {
                         done.insert(queue.name.clone(), counts.done);
                         queues.push(QueueStatus {
@@ -343,7 +382,11 @@ async fn queue_counts(
                             jobs_per_s: 0.0,
                         });
                     }
-                    Err(err) => error = Some(err),
+                    Err(err) => {
+                        // One queue not answering means the backend is not.
+                        error = Some(err);
+                        break;
+                    }
                 }
             }
         }
@@ -360,7 +403,7 @@ async fn queue_counts(
 
 /// The store's counts, and the error share of every running campaign.
 async fn activity(sources: &Sources) -> (Activity, Vec<CampaignErrors>) {
-    let activity = match sources.store.activity().await {
+    let activity = match bounded(sources.store.activity()).await {
         Ok(activity) => activity,
         Err(err) => {
             tracing::debug!("status: counting activity: {err:#}");
@@ -368,7 +411,9 @@ async fn activity(sources: &Sources) -> (Activity, Vec<CampaignErrors>) {
         }
     };
     let running = match activity.campaigns.get("running") {
-        Some(n) if *n > 0 => sources.campaigns.store().active().await.unwrap_or_default(),
+        Some(n) if *n > 0 => bounded(sources.campaigns.store().active())
+            .await
+            .unwrap_or_default(),
         _ => Vec::new(),
     };
     let campaign_errors = running
@@ -409,7 +454,7 @@ async fn vectors(memory: &Memory) -> Subsystem {
     let timed = Instant::now();
     let store = match memory.vectors_if_open() {
         Some(store) => Ok(store),
-        None if memory.is_remote() => memory.vectors().await,
+        None if memory.is_remote() => bounded(memory.vectors()).await,
         None => {
             return Subsystem {
                 name: "vectors".into(),
@@ -420,8 +465,7 @@ async fn vectors(memory: &Memory) -> Subsystem {
         }
     };
     let checked = match store {
-        Ok(store) => store
-            .count(&orchestrator_memory::vector::Filter::default())
+        Ok(store) => bounded(store.count(&orchestrator_memory::vector::Filter::default()))
             .await
             .map(|_| ()),
         Err(err) => Err(err),

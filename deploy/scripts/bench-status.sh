@@ -52,8 +52,8 @@ target/release/orchestrator-bench --redis-url "$redis_url" e2e --jobs "$jobs" \
 bench=$!
 # Let the workers start and the load reach its pace.
 sleep 4
-# The status's own view of the load, halfway through wrk's run.
-(sleep 5; curl -s "$base/api/v1/status" >"$data/status.json") &
+# The status's own view of the load, late in wrk's run (its 10 s window full of load).
+(sleep 8; curl -s "$base/api/v1/status" >"$data/status.json") &
 wrk -t1 -c8 -d10s --latency "$base/api/v1/status" | tee "$data/wrk.txt"
 wait "$bench"
 bench=""

@@ -624,8 +624,18 @@ impl PrivateRedis {
 
     /// kill -9, then start again on the same port and data directory.
     pub async fn crash_and_restart(&mut self) {
+        self.kill().await;
+        self.start_again().await;
+    }
+
+    /// kill -9: Redis is gone until [`Self::start_again`].
+    pub async fn kill(&mut self) {
         self.process.signal(libc::SIGKILL);
         self.process.wait_exit(Duration::from_secs(10)).await;
+    }
+
+    /// Starts Redis again on the same port and data directory.
+    pub async fn start_again(&mut self) {
         self.process = Self::spawn(self.port, &self.dir);
         self.wait_ready().await;
     }

@@ -347,13 +347,27 @@ async fn modes_are_enforced() {
     assert!(!status.success());
     assert!(stderr.contains("--allow-embedded"), "{stderr}");
 
-    // Allowed, it runs and says so in status.
+    // Allowed, it runs, logs JSON lines and says so in status.
     let setup = Setup::new(Backend::Embedded)
         .env("ORCH_MODE", "production")
         .env("ORCH_API_KEYS", KEY)
-        .env("ORCH_WARM_MODELS", "false");
-    let mut api = setup.start_api(&["--allow-embedded"]).await;
+        .env("ORCH_WARM_MODELS", "false")
+        .env("RUST_LOG", "info");
+    std::fs::create_dir_all(&setup.data_dir).unwrap();
+    let log = setup.data_dir.join("api.log");
+    let mut api =
+        setup.spawn_api_logged(orchestrator_tests::free_port(), &["--allow-embedded"], &log);
     api.key = Some(KEY.into());
+    let text =
+        orchestrator_tests::wait_for_text(&log, "listening on", Duration::from_secs(30)).await;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            entry["level"].is_string() && entry["message"].is_string(),
+            "{line}"
+        );
+    }
     let status = wait_for_status(&api).await;
     assert_eq!(status["mode"], "production", "{status}");
 
@@ -379,4 +393,57 @@ async fn wait_for_status(api: &Api) -> Value {
         assert!(Instant::now() < deadline, "{code} {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_lost_redis_is_reported_and_the_api_recovers() {
+    let mut redis = orchestrator_tests::PrivateRedis::start_with_aof().await;
+    let setup = Setup::new(Backend::Redis {
+        url: redis.url(),
+        prefix: orchestrator_tests::unique_prefix(),
+    });
+    let api = setup.start_api(&[]).await;
+    let _worker = setup.start_worker(&["--queues", "noop"]);
+    wait_for_workers(&api, 1).await;
+    let (mut socket, _) = open_events(&api, "", |_| {}).await.unwrap();
+    next_event(&mut socket, "status", Duration::from_secs(5)).await;
+
+    redis.kill().await;
+    let error = next_event(&mut socket, "error", Duration::from_secs(10)).await;
+    assert_eq!(error["code"], "subsystem_down", "{error}");
+    // Status answers at once, and says what is down.
+    let asked = Instant::now();
+    let status = wait_for_status(&api).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = status;
+    while subsystem_state(&status, "queue") != "down" {
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = wait_for_status(&api).await;
+    }
+
+    redis.start_again().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while subsystem_state(&status, "queue") != "ok" || subsystem_state(&status, "fleet") != "ok" {
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = wait_for_status(&api).await;
+    }
+    let id = api.push(json!({"queue": "noop", "payload": {}})).await;
+    api.wait_for_status(&id, "done", Duration::from_secs(30))
+        .await;
+}
+
+fn subsystem_state(status: &Value, name: &str) -> String {
+    status["subsystems"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == name))
+        .and_then(|s| s["state"].as_str())
+        .unwrap_or_default()
+        .to_string()
 }

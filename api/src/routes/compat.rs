@@ -60,7 +60,7 @@ pub struct MasterStatus {
     security(("bearer" = []))
 )]
 pub async fn master_status(State(state): State<AppState>) -> ApiResult<Json<MasterStatus>> {
-    let Json(system) = status::get_status(State(state)).await?;
+    let system = status::latest(&state)?;
     Ok(Json(envelope(SystemStatus::clone(&system))))
 }
 
@@ -126,7 +126,7 @@ pub struct FleetCounts {
     security(("bearer" = []))
 )]
 pub async fn master_metrics(State(state): State<AppState>) -> ApiResult<Json<MasterMetrics>> {
-    let Json(system) = status::get_status(State(state)).await?;
+    let system = status::latest(&state)?;
     Ok(Json(summary(&system)))
 }
 

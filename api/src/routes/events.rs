@@ -17,8 +17,10 @@ use axum::{
     },
 };
 use futures::Stream;
+use serde::Serialize;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use crate::{
     error::{ApiResult, ErrorBody},
@@ -90,13 +92,22 @@ async fn forward(
     }
 }
 
+/// One server-sent event as it goes over the wire.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventFrame {
+    /// `status`, `warning` or `error`: the event's `type`.
+    pub event: String,
+    /// The event as one line of JSON, shaped as `LiveEvent`.
+    pub data: String,
+}
+
 /// The same events as server-sent events (`event: status|warning|error`,
 /// `data:` the JSON object), for `curl -N`.
 #[utoipa::path(
     get, path = "/api/v1/events", tag = "system",
     params(("token" = Option<String>, Query, description = "The API key, for browsers' EventSource")),
-    responses((status = 200, description = "text/event-stream of live events", body = LiveEvent,
-        content_type = "text/event-stream")),
+    responses((status = 200, description = "text/event-stream of live events: `event` is the type, `data` a LiveEvent as JSON",
+        body = EventFrame, content_type = "text/event-stream")),
     security(("bearer" = []))
 )]
 pub async fn server_sent(State(state): State<AppState>) -> ApiResult<Response> {

@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
 
 use crate::{
     error::{ApiError, ApiResult},
@@ -18,12 +22,20 @@ use crate::{
     responses((status = 200, description = "The latest snapshot", body = SystemStatus)),
     security(("bearer" = []))
 )]
-pub async fn get_status(State(state): State<AppState>) -> ApiResult<Json<Arc<SystemStatus>>> {
-    state.status.latest().map(Json).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "status_not_ready",
-            "the first status snapshot is being taken; try again in a second",
-        )
-    })
+pub async fn get_status(State(state): State<AppState>) -> ApiResult<Response> {
+    let json = |body| ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    state.status.latest_json().map(json).ok_or_else(not_ready)
+}
+
+/// The latest snapshot, for routes that reshape it.
+pub fn latest(state: &AppState) -> ApiResult<Arc<SystemStatus>> {
+    state.status.latest().ok_or_else(not_ready)
+}
+
+fn not_ready() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "status_not_ready",
+        "the first status snapshot is being taken; try again in a second",
+    )
 }
