@@ -49,6 +49,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
     info(title = "Master Orchestrator", description = "Job queue and worker fleet for AI work."),
     paths(
         health::health, health::ready, health::metrics, openapi_json,
+        crate::console::index, crate::console::asset,
         jobs::push_job, jobs::push_batch, jobs::get_job,
         queues::list_queues, queues::pause, queues::resume, queues::update,
         dead::list, dead::requeue, dead::requeue_job,
@@ -401,6 +402,8 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
         .add(Method::GET, "/ws/workflow/{id}", compat::watch_workflow)
         .layer(middleware::from_fn_with_state(keys, auth::require_key));
     Routes::default()
+        .add(Method::GET, "/", crate::console::index)
+        .add(Method::GET, "/console/{asset}", crate::console::asset)
         .add(Method::GET, "/health", health::health)
         .add(Method::GET, "/ready", health::ready)
         .add(Method::GET, "/metrics", health::metrics)

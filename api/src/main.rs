@@ -3,6 +3,7 @@
 
 mod app;
 mod auth;
+mod console;
 mod error;
 mod extract;
 mod guard;
@@ -299,6 +300,10 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             cli.max_websockets as usize,
         ),
     );
+    let state = AppState {
+        auth_required: keys.is_enabled(),
+        ..state
+    };
     tokio::spawn(lifecycle::boot(state.clone(), opening.elapsed()));
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -36,6 +36,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Status, warning and error events for operators.
     pub live: Live,
+    /// Whether API keys are required (told by `GET /health`).
+    pub auth_required: bool,
 }
 
 /// The services behind the memory, workflow, campaign and fleet routes.
@@ -82,6 +84,7 @@ impl AppState {
             status: domains.status,
             lifecycle: domains.lifecycle,
             live: domains.live,
+            auth_required: false,
         }
     }
 }

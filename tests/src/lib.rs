@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 pub use reqwest::StatusCode;
 
+pub mod console;
 pub mod fake_llm;
 pub mod site;
 

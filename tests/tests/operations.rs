@@ -265,6 +265,22 @@ async fn events_need_a_key_and_come_only_to_our_origin() {
             .expect("the stream stays open");
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
+    // Each frame's data is one event as JSON.
+    let frame = text
+        .split("\n\n")
+        .find(|frame| frame.contains("event: status"))
+        .unwrap();
+    let data = frame
+        .lines()
+        .find_map(|line| line.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no data line: {frame}"));
+    let event: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(event["type"], "status", "{event}");
+    assert!(
+        event["at"].is_u64() && event["message"].is_string(),
+        "{event}"
+    );
+    assert!(event["data"]["throughput"].is_object(), "{event}");
     // A key in the URL is only taken on the streams.
     let plain = api
         .http

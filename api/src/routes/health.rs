@@ -13,6 +13,9 @@ use crate::{error::ErrorBody, state::AppState};
 pub struct Health {
     /// Always `ok`.
     pub status: String,
+    /// Whether `/api/*` routes need a key (`ORCH_API_KEYS`): the console
+    /// asks for one before its first call instead of being refused.
+    pub auth_required: bool,
 }
 
 /// `GET /ready`.
@@ -37,9 +40,10 @@ pub enum NotReady {
 
 /// The process is up.
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "Process up", body = Health)))]
-pub async fn health() -> Json<Health> {
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
+        auth_required: state.auth_required,
     })
 }
 

@@ -121,6 +121,9 @@ pub(crate) async fn watch_shaped(
         .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(upgrade
+        // A browser offering subprotocols (the key as `bearer.<key>`) closes
+        // a websocket whose answer names none.
+        .protocols([super::events::SUBPROTOCOL])
         .max_message_size(WEBSOCKET_MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
             stream(socket, state, id, snapshot, events, shape).await;
