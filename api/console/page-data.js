@@ -1,111 +1,115 @@
-// Training data: dataset generation runs, each writing a file of training
-// examples as JSON lines, with their progress, a download and a cancel
-// button. The API gains these routes (/api/v1/datasets) in a later
-// version; until its OpenAPI document lists them the page explains what
-// will appear here instead of asking, because a browser logs every 404 as
-// an error, even one the page expects.
+// Training data: dataset generation runs (POST /api/v1/datasets), each
+// generated in shards by the fleet's `datagen` workers, with their progress,
+// what the filters dropped, the task families produced, downloads of the
+// train and eval splits as JSON lines, and a cancel button.
 
-import { act, ago, badge, el, get, live, number, post, table } from "/console/core.js";
+import { act, ago, badge, el, get, live, number, post, section, table } from "/console/core.js";
 import { downloadLink } from "/console/download.js";
 
 export const title = "Training data";
 
 const ROUTE = "/api/v1/datasets";
 
-/** Whether the API offers the datasets routes; asked once per tab. */
-let offered = null;
-
-function datasetsOffered() {
-  offered ??= get("/api/openapi.json").then(
-    (doc) => Boolean(doc?.paths?.[ROUTE]),
-    () => {
-      offered = null;
-      return false;
-    },
-  );
-  return offered;
-}
-
 export function render(main) {
-  const box = el("div", { id: "datasets" }, el("p", { class: "muted", id: "datasets-loading" }, "Loading…"));
-  main.append(el("section", { class: "card wide" }, el("h2", {}, "Dataset generation runs"), box));
-  let stop = null;
-  let left = false;
-  datasetsOffered().then((yes) => {
-    if (left) return;
-    if (!yes) {
-      box.replaceChildren(notYet());
-      return;
-    }
-    stop = live(async () => {
-      const listed = await get(ROUTE).catch((error) => {
-        if (error.code === "route_not_found") box.replaceChildren(notYet());
-        return null;
-      });
-      if (listed) box.replaceChildren(datasetTable(listed.datasets ?? []));
-    });
+  const box = el("div", { id: "datasets" });
+  main.append(createForm(), el("section", { class: "card wide" }, el("h2", {}, "Generation runs"), box));
+  return live(async () => {
+    const listed = await get(ROUTE).catch(() => null);
+    if (listed) box.replaceChildren(datasetTable(listed.datasets));
   });
-  return () => {
-    left = true;
-    if (stop) stop();
-  };
 }
 
-/** What the page will show once the API has dataset runs. */
-function notYet() {
-  return el(
-    "div",
-    { id: "datasets-missing" },
-    el("p", {}, "This API does not generate training datasets yet: ", el("code", {}, `GET ${ROUTE}`), " is not among its routes."),
-    el("p", {}, "Once it is, this page lists every dataset generation run:"),
+function createForm() {
+  const field = (name, label, attrs) => el("label", {}, label, el("input", { name, ...attrs }));
+  return section(
+    "New run",
     el(
-      "ul",
-      {},
-      el("li", {}, "its status and progress, live;"),
-      el("li", {}, "a download of the examples it wrote (", el("code", {}, "data.jsonl"), ");"),
-      el("li", {}, "a cancel button while it runs."),
-    ),
-    el(
-      "p",
-      { class: "muted" },
-      "Meanwhile, rated outputs and corrections already train adapters: see ",
-      el("a", { href: "#/training" }, "Training"),
-      ".",
+      "form",
+      {
+        class: "row",
+        id: "dataset-form",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          const form = new FormData(event.target);
+          const body = {
+            name: form.get("name"),
+            count: Number(form.get("count")),
+            format: form.get("format"),
+            seed: Number(form.get("seed") || 0),
+            shard_size: Number(form.get("shard_size") || 10000),
+            eval_fraction: Number(form.get("eval_fraction") || 0.05),
+          };
+          await act("new run", () => post(ROUTE, body), `Run ${body.name} started`);
+        },
+      },
+      field("name", "Name", { required: true, maxlength: 128, value: "synthetic tasks" }),
+      field("count", "Examples", { type: "number", min: 1, max: 10000000, required: true, value: 10000 }),
+      el(
+        "label",
+        {},
+        "Format",
+        el("select", { name: "format" }, ["chat", "alpaca", "completion"].map((f) => el("option", { value: f }, f))),
+      ),
+      field("shard_size", "Shard size", { type: "number", min: 1, max: 100000, value: 10000 }),
+      field("eval_fraction", "Eval share", { type: "number", min: 0, max: 0.5, step: 0.01, value: 0.05 }),
+      field("seed", "Seed", { type: "number", min: 0, value: 0 }),
+      el("button", { type: "submit", class: "primary" }, "Generate"),
     ),
   );
 }
 
 function datasetTable(datasets) {
   return table(
-    ["Run", "Status", "Progress", "Examples", "Created", ""],
+    ["Run", "Status", "Shards", "Kept", "Dropped", "Examples/s", "Families", "Started", ""],
     datasets.map((d) =>
       el(
         "tr",
         { "data-dataset": d.id },
-        el("td", {}, el("code", {}, d.id), d.name ? el("div", {}, d.name) : ""),
-        el("td", {}, badge(d.status ?? "–")),
-        el("td", {}, progressOf(d.progress)),
-        el("td", { class: "n" }, number(d.examples ?? d.progress?.examples)),
-        el("td", { class: "muted" }, d.created_at_ms ? ago(d.created_at_ms) : ""),
-        el("td", { class: "actions" }, download(d), cancelButton(d)),
+        el("td", {}, el("div", {}, d.name), el("code", { class: "muted" }, d.id)),
+        el("td", {}, badge(d.status)),
+        el(
+          "td",
+          {},
+          el("progress", { max: d.shards_total, value: d.shards_done }),
+          ` ${number(d.shards_done)}/${number(d.shards_total)}`,
+        ),
+        el("td", { class: "n", "data-field": "kept" }, number(final(d))),
+        el("td", { class: "muted" }, dropped(d)),
+        el("td", { class: "n" }, number(d.examples_per_s)),
+        el("td", { class: "muted" }, Object.keys(d.families).join(", ")),
+        el("td", { class: "muted" }, ago(d.created_at_ms)),
+        el("td", { class: "actions" }, downloads(d), cancelButton(d)),
       ),
     ),
-    "No dataset run yet.",
+    "No run yet.",
   );
 }
 
-function progressOf(p) {
-  if (!p || !p.total) return el("span", { class: "muted" }, "–");
-  return el("span", {}, el("progress", { max: p.total, value: p.done ?? 0 }), ` ${number(p.done ?? 0)}/${number(p.total)}`);
+/** Examples in the dataset: after repeats across shards once complete. */
+function final(d) {
+  return d.summary ? d.summary.train + d.summary.eval : d.kept;
 }
 
-function download(d) {
-  const href = `${ROUTE}/${encodeURIComponent(d.id)}/data.jsonl`;
-  return downloadLink(href, `dataset-${d.id}.jsonl`, "data.jsonl");
+function dropped(d) {
+  const counts = { ...d.dropped };
+  if (d.summary?.duplicates_across_shards) {
+    counts.duplicate = (counts.duplicate ?? 0) + d.summary.duplicates_across_shards;
+  }
+  const parts = Object.entries(counts).map(([filter, n]) => `${filter} ${number(n)}`);
+  return parts.length ? parts.join(", ") : "none";
+}
+
+function downloads(d) {
+  if (d.status === "running") return null;
+  const href = (split) => `${ROUTE}/${encodeURIComponent(d.id)}/data.jsonl?split=${split}`;
+  return [
+    downloadLink(href("train"), `${d.name}-train.jsonl`, "train.jsonl", { "data-split": "train" }),
+    downloadLink(href("eval"), `${d.name}-eval.jsonl`, "eval.jsonl", { "data-split": "eval" }),
+  ];
 }
 
 function cancelButton(d) {
-  if (!["queued", "pending", "running"].includes(d.status)) return null;
+  if (d.status !== "running") return null;
   return el(
     "button",
     {

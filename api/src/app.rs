@@ -27,8 +27,8 @@ use crate::{
     guard::{self, AllowedHosts},
     limits::Limits,
     routes::{
-        campaigns, chat, compat, dead, events, fleet, health, jobs, models, packs, queues, status,
-        system, training, workflows,
+        campaigns, chat, compat, datasets, dead, events, fleet, health, jobs, models, packs,
+        queues, status, system, training, workflows,
     },
     state::AppState,
 };
@@ -61,6 +61,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
         training::list_adapters, training::promote, training::rollback,
         campaigns::create, campaigns::list, campaigns::get_campaign, campaigns::results,
         campaigns::pause, campaigns::resume, campaigns::stop, campaigns::scale,
+        datasets::create, datasets::list, datasets::get_dataset, datasets::cancel,
+        datasets::delete, datasets::export, datasets::master_training,
         // Compatibility aliases
         compat::master_status, compat::master_metrics, compat::master_workflow,
         compat::master_campaign, compat::master_campaigns, compat::execute_workflow,
@@ -358,6 +360,20 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
             "/api/v1/campaigns/{id}/scale",
             campaigns::scale,
         )
+        .add_with(Method::POST, "/api/v1/datasets", datasets::create, intake)
+        .add(Method::GET, "/api/v1/datasets", datasets::list)
+        .add(Method::GET, "/api/v1/datasets/{id}", datasets::get_dataset)
+        .add(Method::DELETE, "/api/v1/datasets/{id}", datasets::delete)
+        .add(
+            Method::POST,
+            "/api/v1/datasets/{id}/cancel",
+            datasets::cancel,
+        )
+        .add(
+            Method::GET,
+            "/api/v1/datasets/{id}/data.jsonl",
+            datasets::export,
+        )
         .add(Method::GET, "/api/openapi.json", openapi_json)
         // OpenAI-compatible routes and the websocket sit outside /api (their
         // paths are fixed by the protocols) behind the same keys.
@@ -393,6 +409,12 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
         )
         .add(Method::POST, "/api/master/start", system::master_start)
         .add(Method::POST, "/api/master/stop", system::master_stop)
+        .add_with(
+            Method::POST,
+            "/api/master/training",
+            datasets::master_training,
+            intake,
+        )
         .add_with(
             Method::POST,
             "/api/v1/workflow/execute",

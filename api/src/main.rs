@@ -281,6 +281,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         handlers,
         Domains {
             memory: services.memory,
+            datasets: services.datasets,
             workflows: services.workflows,
             campaigns: services.campaigns,
             fleet: fleet_registry,

@@ -4,6 +4,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use orchestrator_campaign::Campaigns;
 use orchestrator_core::{events::Events, fleet, store::Store};
+use orchestrator_datagen::runs::Datasets;
 use orchestrator_memory::Memory;
 use orchestrator_queue::{JobHandler, QueueBackend};
 use orchestrator_training::{TrainingConfig, feedback::Feedback};
@@ -27,6 +28,8 @@ pub struct AppState {
     /// Settings of runs started without any.
     pub training_defaults: Arc<TrainingConfig>,
     pub campaigns: Arc<Campaigns>,
+    /// Training-data generation runs.
+    pub datasets: Arc<Datasets>,
     pub limits: Limits,
     /// Every live process of the fleet.
     pub fleet: fleet::Registry,
@@ -43,6 +46,7 @@ pub struct AppState {
 /// The services behind the memory, workflow, campaign and fleet routes.
 pub struct Domains {
     pub memory: Arc<Memory>,
+    pub datasets: Arc<Datasets>,
     pub workflows: Arc<Workflows>,
     pub campaigns: Arc<Campaigns>,
     pub fleet: fleet::Registry,
@@ -79,6 +83,7 @@ impl AppState {
             adapter_notices: training.adapter_notices,
             training_defaults: Arc::new(training.defaults),
             campaigns: domains.campaigns,
+            datasets: domains.datasets,
             limits,
             fleet: domains.fleet,
             status: domains.status,

@@ -10,6 +10,7 @@ mod m20261124_000003_create_workflows;
 mod m20261124_000004_create_training;
 mod m20261124_000005_create_campaigns;
 mod m20261130_000006_create_adapter_files;
+mod m20261130_000007_create_datasets;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_create_training::Migration),
             Box::new(m20261124_000005_create_campaigns::Migration),
             Box::new(m20261130_000006_create_adapter_files::Migration),
+            Box::new(m20261130_000007_create_datasets::Migration),
         ]
     }
 }

@@ -7,7 +7,8 @@
 //! `POST /api/master/start` and `POST /api/master/stop`, the aliases of
 //! `POST /api/v1/system/start` and `POST /api/v1/system/stop`, live in
 //! `routes/system.rs` next to the routes they call.
-//! `POST /api/master/training` (dataset generation) is not served yet.
+//! `POST /api/master/training`, the alias of `POST /api/v1/datasets`, lives in
+//! `routes/datasets.rs`.
 
 use std::collections::BTreeMap;
 

@@ -3,6 +3,7 @@
 pub mod campaigns;
 pub mod chat;
 pub mod compat;
+pub mod datasets;
 pub mod dead;
 pub mod events;
 pub mod fleet;

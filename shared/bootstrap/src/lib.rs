@@ -25,6 +25,7 @@ use orchestrator_core::{
     store::Store,
     system,
 };
+use orchestrator_datagen::runs::{DATAGEN_QUEUE, Datasets, ShardJob};
 use orchestrator_memory::{Embed, Memory, packs::EMBED_QUEUE, packs::PackStore};
 use orchestrator_models::{Models, Registry};
 use orchestrator_queue::{JobHandler, Noop, QueueBackend, fleet::Assignment};
@@ -32,13 +33,14 @@ use orchestrator_training::feedback::Feedback;
 use orchestrator_workflow::{INFERENCE_QUEUE, Inference, Workflows, decomposer::Patterns};
 
 /// Names of the built-in queues, for validating flags before anything opens.
-pub const QUEUES: [&str; 3] = ["noop", EMBED_QUEUE, INFERENCE_QUEUE];
+pub const QUEUES: [&str; 4] = ["noop", EMBED_QUEUE, INFERENCE_QUEUE, DATAGEN_QUEUE];
 
 /// Every built-in queue's handler. The inference handler finds the workflow
 /// service through `workflows` once it exists (the service needs the queue,
 /// which needs the handlers registered first).
 pub fn builtin(
     config: &CommonConfig,
+    store: &Store,
     memory: &Arc<Memory>,
     workflows: &Arc<OnceLock<Arc<Workflows>>>,
 ) -> Vec<Arc<dyn JobHandler>> {
@@ -48,6 +50,7 @@ pub fn builtin(
         }),
         Arc::new(Embed::new(memory.clone())),
         Arc::new(Inference::new(workflows.clone())),
+        Arc::new(ShardJob::new(store.connection().clone())),
     ]
 }
 
@@ -62,6 +65,8 @@ pub struct Services {
     pub adapter_notices: Arc<Events>,
     /// Data-mining campaigns.
     pub campaigns: Arc<Campaigns>,
+    /// Training-data generation runs.
+    pub datasets: Arc<Datasets>,
     /// Every built-in queue's handler.
     pub handlers: Vec<Arc<dyn JobHandler>>,
 }
@@ -81,7 +86,7 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         PackStore::new(store.connection().clone()),
     ));
     let workflows_slot = Arc::new(OnceLock::new());
-    let handlers = builtin(config, &memory, &workflows_slot);
+    let handlers = builtin(config, &store, &memory, &workflows_slot);
     let defaults: Vec<_> = handlers.iter().map(|h| (h.queue(), h.defaults())).collect();
     store.seed_queues(&defaults).await?;
     let queue = with_redis(config, || orchestrator_queue::connect(config)).await?;
@@ -126,8 +131,10 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         config.lease(),
         campaign_allow(config)?,
     ));
+    let datasets = Arc::new(Datasets::new(store.connection().clone(), queue.clone()));
     Ok(Services {
         campaigns,
+        datasets,
         store,
         queue,
         memory,

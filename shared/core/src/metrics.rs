@@ -22,6 +22,8 @@ pub const CAMPAIGN_WORKERS: &str = "orchestrator_campaign_workers";
 pub const FLEET_PROCESSES: &str = "orchestrator_fleet_processes";
 pub const THROUGHPUT_TARGET: &str = "orchestrator_throughput_target";
 pub const SUBSYSTEM_RESTARTS: &str = "orchestrator_subsystem_restarts_total";
+pub const DATAGEN_EXAMPLES: &str = "orchestrator_datagen_examples_total";
+pub const DATAGEN_SHARDS: &str = "orchestrator_datagen_shards_total";
 
 /// Histogram buckets for job durations: from a no-op (microseconds) to a long
 /// model call (minutes).
@@ -80,6 +82,14 @@ fn describe() {
     metrics::describe_gauge!(
         CAMPAIGN_WORKERS,
         "Workers holding one of a campaign's slots."
+    );
+    metrics::describe_counter!(
+        DATAGEN_EXAMPLES,
+        "Training examples generated and kept, by source."
+    );
+    metrics::describe_counter!(
+        DATAGEN_SHARDS,
+        "Dataset shards finished, by outcome (done, skipped)."
     );
     metrics::describe_counter!(
         SUBSYSTEM_RESTARTS,

@@ -1,0 +1,221 @@
+//! Training-data generation runs: `/api/v1/datasets`. A run is generated in
+//! shards by the fleet's `datagen` workers (see orchestrator-datagen).
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use orchestrator_datagen::runs::{DatasetError, DatasetRequest, DatasetView, Split};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    error::{ApiError, ApiResult, ErrorBody, shown},
+    extract::ApiJson,
+    state::AppState,
+};
+
+impl From<DatasetError> for ApiError {
+    fn from(err: DatasetError) -> Self {
+        match err {
+            DatasetError::Invalid(err) => ApiError::invalid(err.to_string()),
+            DatasetError::Store(err) => ApiError::backend(err),
+        }
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("dataset_not_found", format!("no dataset {}", shown(id)))
+}
+
+/// A run id as the path gives it: unknown unless it is a UUID.
+fn dataset_id(id: &str) -> ApiResult<&str> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| id)
+        .map_err(|_| not_found(id))
+}
+
+/// Start a generation run: `count` examples from the `sources` mix, cut
+/// into shards of `shard_size` that the fleet's `datagen` workers generate.
+/// The same request with the same `seed` gives the same dataset.
+#[utoipa::path(
+    post, path = "/api/v1/datasets", tag = "datasets", request_body = DatasetRequest,
+    responses(
+        (status = 201, description = "The run, its shards queued", body = DatasetView),
+        (status = 422, description = "A field out of range, an unknown source or format", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<DatasetRequest>,
+) -> ApiResult<(StatusCode, Json<DatasetView>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(state.datasets.create(request).await?),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DatasetList {
+    pub datasets: Vec<DatasetView>,
+}
+
+/// The latest 100 runs, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/datasets", tag = "datasets",
+    responses((status = 200, description = "Runs", body = DatasetList)),
+    security(("bearer" = []))
+)]
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DatasetList>> {
+    Ok(Json(DatasetList {
+        datasets: state.datasets.list().await?,
+    }))
+}
+
+/// One run: status, shards done, examples/s, what each filter dropped,
+/// examples by source and by family.
+#[utoipa::path(
+    get, path = "/api/v1/datasets/{id}", tag = "datasets",
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "The run", body = DatasetView),
+        (status = 404, description = "No such run", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_dataset(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DatasetView>> {
+    let id = dataset_id(&id)?;
+    state
+        .datasets
+        .view(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(id))
+}
+
+/// Stop a run: no further shard is generated; those done stay.
+#[utoipa::path(
+    post, path = "/api/v1/datasets/{id}/cancel", tag = "datasets",
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "The run, cancelled (or already finished)", body = DatasetView),
+        (status = 404, description = "No such run", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DatasetView>> {
+    let id = dataset_id(&id)?;
+    state
+        .datasets
+        .cancel(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(id))
+}
+
+/// Remove a run and its data.
+#[utoipa::path(
+    delete, path = "/api/v1/datasets/{id}", tag = "datasets",
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such run", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = dataset_id(&id)?;
+    match state.datasets.delete(id).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(not_found(id)),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `train` (default) or `eval`.
+    pub split: Option<Split>,
+}
+
+/// The dataset as JSON lines, streamed shard by shard in order, repeats
+/// across shards left out. A run still generating gives what is done.
+#[utoipa::path(
+    get, path = "/api/v1/datasets/{id}/data.jsonl", tag = "datasets",
+    params(("id" = uuid::Uuid, Path), ExportQuery),
+    responses(
+        (status = 200, description = "One example per line", content_type = "application/x-ndjson", body = String),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 422, description = "Unknown split", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn export(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Result<Query<ExportQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = raw.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            e.body_text(),
+        )
+    })?;
+    let id = dataset_id(&id)?.to_string();
+    if state.datasets.view(&id).await?.is_none() {
+        return Err(not_found(&id));
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    let datasets = state.datasets.clone();
+    let split = query.split.unwrap_or_default();
+    tokio::spawn(async move {
+        let failed = sender.clone();
+        if let Err(err) = datasets.export(&id, split, sender).await {
+            tracing::warn!("dataset export {id}: {err:#}");
+            let _ = failed.send(Err(err)).await;
+        }
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| {
+            let chunk = chunk.map_err(|e| std::io::Error::other(format!("{e:#}")));
+            (chunk, receiver)
+        })
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The original orchestrator's `POST /api/master/training` (a
+/// training-data generation run): [`create`], same body and answer.
+#[utoipa::path(
+    post, path = "/api/master/training", tag = "compatibility", request_body = DatasetRequest,
+    responses(
+        (status = 201, description = "As POST /api/v1/datasets", body = DatasetView),
+        (status = 422, description = "A field out of range, an unknown source or format", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn master_training(
+    state: State<AppState>,
+    request: ApiJson<DatasetRequest>,
+) -> ApiResult<(StatusCode, Json<DatasetView>)> {
+    create(state, request).await
+}
