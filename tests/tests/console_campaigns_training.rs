@@ -1,10 +1,11 @@
 //! Mission Control's campaigns, training and training-data pages in a real
 //! browser (tests/console/scenarios-campaigns-training.mjs): campaigns
 //! started from the console crawl the loopback fixture site, and "Train now"
-//! fine-tunes the real SmolLM2 weights. In embedded mode the API's
-//! in-process campaign workers and trainer do the work; in Redis mode
-//! `orchestrator-worker --campaigns all` processes and an
-//! `orchestrator-trainer` do. The browser's console must stay free of errors.
+//! fine-tunes the real SmolLM2 weights, and a dataset run is generated. In
+//! embedded mode the API's in-process workers and trainer do the work; in
+//! Redis mode `orchestrator-worker --campaigns all` processes, an
+//! `orchestrator-worker --queues datagen` and an `orchestrator-trainer` do.
+//! The browser's console must stay free of errors.
 
 use std::time::Duration;
 
@@ -38,12 +39,13 @@ async fn pages_in_a_browser(backend: Backend) {
         .env("ORCH_TRAIN_POLL_MS", "200");
     let api = setup.start_api(&[]).await;
     // Redis mode: the fleet does the work. Two campaign workers, so scaling
-    // a campaign to 2 shows two slot holders.
+    // a campaign to 2 shows two slot holders; one for dataset shards.
     let _fleet: Vec<Process> = match embedded {
         true => Vec::new(),
         false => vec![
             setup.start_worker(&["--campaigns", "all"]),
             setup.start_worker(&["--campaigns", "all"]),
+            setup.start_worker(&["--queues", "datagen"]),
             setup.start_trainer(&[]),
         ],
     };

@@ -120,6 +120,16 @@ async fn a_run_is_generated_in_shards_and_exported_without_repeats() {
         metrics.contains(r#"orchestrator_datagen_examples_total{source="synthetic"}"#),
         "{metrics}"
     );
+    // Status counts the runs (its snapshot is up to a second old).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = api.get("/api/v1/status").await;
+        if status["activity"]["datasets"]["completed"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The original orchestrator's route starts the same kind of run.
     let (code, aliased) = api
         .post(

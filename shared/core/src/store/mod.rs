@@ -39,6 +39,8 @@ pub struct Activity {
     pub workflows: std::collections::BTreeMap<String, u64>,
     pub training_runs: std::collections::BTreeMap<String, u64>,
     pub campaigns: std::collections::BTreeMap<String, u64>,
+    /// Training-data generation runs.
+    pub datasets: std::collections::BTreeMap<String, u64>,
     /// Feedback examples waiting for a training run.
     pub feedback_buffered: u64,
 }
@@ -142,12 +144,14 @@ impl Store {
         Ok(())
     }
 
-    /// Workflows, training runs and campaigns counted by status, and the
-    /// feedback examples no run has taken yet: one round trip, for status.
+    /// Workflows, training runs, campaigns and dataset runs counted by
+    /// status, and the feedback examples no run has taken yet: one round
+    /// trip, for status.
     pub async fn activity(&self) -> anyhow::Result<Activity> {
         let sql = "SELECT 'workflows' AS kind, status, COUNT(*) AS n FROM workflows GROUP BY status \
              UNION ALL SELECT 'training_runs', status, COUNT(*) FROM training_runs GROUP BY status \
              UNION ALL SELECT 'campaigns', status, COUNT(*) FROM campaigns GROUP BY status \
+             UNION ALL SELECT 'datasets', status, COUNT(*) FROM datasets GROUP BY status \
              UNION ALL SELECT 'feedback', 'buffered', COUNT(*) FROM feedback \
              WHERE target IS NOT NULL AND run_id IS NULL";
         let statement = sea_orm::Statement::from_string(self.db.get_database_backend(), sql);
@@ -160,6 +164,7 @@ impl Store {
                 "workflows" => &mut activity.workflows,
                 "training_runs" => &mut activity.training_runs,
                 "campaigns" => &mut activity.campaigns,
+                "datasets" => &mut activity.datasets,
                 _ => {
                     activity.feedback_buffered = count;
                     continue;
