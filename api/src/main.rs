@@ -224,6 +224,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             memory: services.memory.clone(),
             models: services.workflows.models().clone(),
             campaigns: services.campaigns.clone(),
+            datasets: services.datasets.clone(),
             trainer_in_process: embedded && !cli.no_trainer,
             embedded,
             mode: mode.as_str(),

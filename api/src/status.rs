@@ -19,6 +19,7 @@ use orchestrator_core::{
     supervise::{self, Restarts},
     system,
 };
+use orchestrator_datagen::runs::Datasets;
 use orchestrator_memory::Memory;
 use orchestrator_models::{Models, ProviderKind};
 use orchestrator_queue::QueueBackend;
@@ -76,6 +77,8 @@ pub struct SystemStatus {
     pub activity: Activity,
     /// Running campaigns with their share of failed operations.
     pub campaign_errors: Vec<CampaignErrors>,
+    /// Dataset generation runs under way, with their progress.
+    pub datasets: Vec<DatasetProgress>,
     pub throughput: Throughput,
 }
 
@@ -120,6 +123,16 @@ pub struct CampaignErrors {
     pub errors: i64,
     /// `errors / ops_done`.
     pub error_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DatasetProgress {
+    pub id: String,
+    pub name: String,
+    pub shards_done: u64,
+    pub shards_total: u64,
+    pub kept: u64,
+    pub examples_per_s: f64,
 }
 
 /// Completed jobs per second, fleet-wide, against the configured target.
@@ -174,6 +187,7 @@ pub struct Sources {
     pub memory: Arc<Memory>,
     pub models: Arc<Models>,
     pub campaigns: Arc<Campaigns>,
+    pub datasets: Arc<Datasets>,
     /// Whether this process runs the trainer itself.
     pub trainer_in_process: bool,
     pub embedded: bool,
@@ -319,6 +333,7 @@ async fn snapshot(
     subsystems.extend(models(&sources.models, &slow.remote));
 
     let (activity, campaign_errors) = activity(sources).await;
+    let datasets = datasets_under_way(sources, &activity).await;
     // Without an answer, this process's own view of the state.
     let record = bounded(sources.lifecycle.switch().read())
         .await
@@ -349,6 +364,7 @@ async fn snapshot(
         queues,
         activity,
         campaign_errors,
+        datasets,
         throughput: Throughput {
             target: sources.target,
             jobs_per_s_10s: history.rate(None, Duration::from_secs(10)),
@@ -427,6 +443,27 @@ async fn activity(sources: &Sources) -> (Activity, Vec<CampaignErrors>) {
         })
         .collect();
     (activity, campaign_errors)
+}
+
+/// Progress of the dataset runs the store counts as running.
+async fn datasets_under_way(sources: &Sources, activity: &Activity) -> Vec<DatasetProgress> {
+    if activity.datasets.get("running").copied().unwrap_or(0) == 0 {
+        return Vec::new();
+    }
+    let listed = bounded(async { Ok(sources.datasets.list().await?) }).await;
+    listed
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|run| run.status == "running")
+        .map(|run| DatasetProgress {
+            id: run.id,
+            name: run.name,
+            shards_done: run.shards_done,
+            shards_total: run.shards_total,
+            kept: run.kept,
+            examples_per_s: run.examples_per_s,
+        })
+        .collect()
 }
 
 /// The trainer is up when this process runs one or one is in the fleet.

@@ -87,6 +87,29 @@ async fn a_run_is_generated_in_shards_and_exported_without_repeats() {
         assert!(seen.insert(line.to_string()), "repeated: {line}");
     }
 
+    // Compressed on request, as one gzip stream of the same lines.
+    let response = api
+        .http
+        .get(api.url(&format!("/api/v1/datasets/{id}/data.jsonl?split=train")))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    let compressed = response.bytes().await.unwrap();
+    assert!(
+        compressed.len() < train.len() / 3,
+        "{} bytes",
+        compressed.len()
+    );
+    let mut unpacked = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::MultiGzDecoder::new(&compressed[..]),
+        &mut unpacked,
+    )
+    .unwrap();
+    assert!(unpacked == train, "the gzip export differs");
+
     // The same request gives the same dataset, byte for byte.
     let again = create(&api, body).await;
     let again_id = again["id"].as_str().unwrap().to_string();
@@ -201,6 +224,19 @@ async fn a_cancelled_run_generates_no_more_shards() {
     .await;
     let id = run["id"].as_str().unwrap();
     assert_eq!(api.queue("datagen").await["pending"], 1_000);
+    // Status (and so the live events) shows the run under way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = api.get("/api/v1/status").await;
+        let listed = status["datasets"].as_array().cloned().unwrap_or_default();
+        if let Some(progress) = listed.iter().find(|d| d["id"] == id) {
+            assert_eq!(progress["shards_total"], 1_000, "{progress}");
+            assert_eq!(progress["shards_done"], 0, "{progress}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (code, cancelled) = api
         .post(&format!("/api/v1/datasets/{id}/cancel"), &json!({}))
         .await;

@@ -5,7 +5,7 @@ use axum::{
     Json,
     body::Body,
     extract::{Path, Query, State, rejection::QueryRejection},
-    http::{StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use orchestrator_datagen::runs::{DatasetError, DatasetRequest, DatasetView, Split};
@@ -153,7 +153,8 @@ pub struct ExportQuery {
 }
 
 /// The dataset as JSON lines, streamed shard by shard in order, repeats
-/// across shards left out. A run still generating gives what is done.
+/// across shards left out; gzip-compressed as it streams when the client
+/// sends `Accept-Encoding: gzip`. A run still generating gives what is done.
 #[utoipa::path(
     get, path = "/api/v1/datasets/{id}/data.jsonl", tag = "datasets",
     params(("id" = uuid::Uuid, Path), ExportQuery),
@@ -167,8 +168,10 @@ pub struct ExportQuery {
 pub async fn export(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     raw: Result<Query<ExportQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let gzip = accepts_gzip(&headers);
     let Query(query) = raw.map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -190,17 +193,53 @@ pub async fn export(
             let _ = failed.send(Err(err)).await;
         }
     });
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+    let stream = futures::stream::unfold(receiver, move |mut receiver| async move {
         receiver.recv().await.map(|chunk| {
-            let chunk = chunk.map_err(|e| std::io::Error::other(format!("{e:#}")));
+            let chunk = chunk
+                .and_then(|lines| match gzip {
+                    true => gzip_member(&lines),
+                    false => Ok(lines),
+                })
+                .map_err(|e| std::io::Error::other(format!("{e:#}")));
             (chunk, receiver)
         })
     });
-    Ok((
+    let mut response = (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response();
+    if gzip {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    Ok(response)
+}
+
+/// Whether the client takes gzip (`Accept-Encoding: gzip`, not `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
+        })
+}
+
+/// One shard's lines as a gzip member: members one after another make one
+/// gzip stream (RFC 1952), so the export compresses as it streams.
+fn gzip_member(lines: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(lines.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(lines)?;
+    Ok(encoder.finish()?)
 }
 
 /// The original orchestrator's `POST /api/master/training` (a
