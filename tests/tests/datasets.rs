@@ -87,7 +87,8 @@ async fn a_run_is_generated_in_shards_and_exported_without_repeats() {
         assert!(seen.insert(line.to_string()), "repeated: {line}");
     }
 
-    // Compressed on request, as one gzip stream of the same lines.
+    // Compressed on request, as one gzip stream (a single member: browsers
+    // decode no further) of the same lines.
     let response = api
         .http
         .get(api.url(&format!("/api/v1/datasets/{id}/data.jsonl?split=train")))
@@ -104,7 +105,7 @@ async fn a_run_is_generated_in_shards_and_exported_without_repeats() {
     );
     let mut unpacked = String::new();
     std::io::Read::read_to_string(
-        &mut flate2::read::MultiGzDecoder::new(&compressed[..]),
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
         &mut unpacked,
     )
     .unwrap();

@@ -8,6 +8,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use flate2::write::GzEncoder;
 use orchestrator_datagen::runs::{DatasetError, DatasetRequest, DatasetView, Split};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -193,16 +194,25 @@ pub async fn export(
             let _ = failed.send(Err(err)).await;
         }
     });
-    let stream = futures::stream::unfold(receiver, move |mut receiver| async move {
-        receiver.recv().await.map(|chunk| {
-            let chunk = chunk
-                .and_then(|lines| match gzip {
-                    true => gzip_member(&lines),
-                    false => Ok(lines),
-                })
-                .map_err(|e| std::io::Error::other(format!("{e:#}")));
-            (chunk, receiver)
-        })
+    let packer = Packer {
+        receiver,
+        gzip: gzip.then(|| GzEncoder::new(Vec::new(), flate2::Compression::fast())),
+    };
+    let stream = futures::stream::unfold(Some(packer), |packer| async move {
+        let mut packer = packer?;
+        let failed = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
+        match packer.receiver.recv().await {
+            Some(Ok(lines)) => {
+                let out = match &mut packer.gzip {
+                    Some(encoder) => compress(encoder, &lines),
+                    None => Ok(lines),
+                };
+                Some((out, Some(packer)))
+            }
+            Some(Err(err)) => Some((Err(failed(err)), None)),
+            // The end: the gzip trailer, if compressing.
+            None => packer.gzip.take().map(|encoder| (encoder.finish(), None)),
+        }
     });
     let mut response = (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
@@ -230,16 +240,21 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-/// One shard's lines as a gzip member: members one after another make one
-/// gzip stream (RFC 1952), so the export compresses as it streams.
-fn gzip_member(lines: &[u8]) -> anyhow::Result<Vec<u8>> {
+/// The export's chunks on their way out, compressed into one gzip stream
+/// when asked (one stream, not a member per chunk: browsers decode only the
+/// first member).
+struct Packer {
+    receiver: tokio::sync::mpsc::Receiver<anyhow::Result<Vec<u8>>>,
+    gzip: Option<GzEncoder<Vec<u8>>>,
+}
+
+/// Compresses `lines` and returns what the encoder has produced so far
+/// (flushed, so a reader can decode up to here).
+fn compress(encoder: &mut GzEncoder<Vec<u8>>, lines: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(lines.len() / 4),
-        flate2::Compression::fast(),
-    );
     encoder.write_all(lines)?;
-    Ok(encoder.finish()?)
+    encoder.flush()?;
+    Ok(std::mem::take(encoder.get_mut()))
 }
 
 /// The original orchestrator's `POST /api/master/training` (a
