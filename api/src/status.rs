@@ -450,11 +450,10 @@ async fn datasets_under_way(sources: &Sources, activity: &Activity) -> Vec<Datas
     if activity.datasets.get("running").copied().unwrap_or(0) == 0 {
         return Vec::new();
     }
-    let listed = bounded(async { Ok(sources.datasets.list().await?) }).await;
-    listed
+    let running = bounded(async { Ok(sources.datasets.running().await?) }).await;
+    running
         .unwrap_or_default()
         .into_iter()
-        .filter(|run| run.status == "running")
         .map(|run| DatasetProgress {
             id: run.id,
             name: run.name,

@@ -32,6 +32,11 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("dataset_not_found", format!("no dataset {}", shown(id)))
 }
 
+/// The run, or 404 naming `id`.
+fn found(id: &str, view: Option<DatasetView>) -> ApiResult<Json<DatasetView>> {
+    view.map(Json).ok_or_else(|| not_found(id))
+}
+
 /// A run id as the path gives it: unknown unless it is a UUID.
 fn dataset_id(id: &str) -> ApiResult<&str> {
     uuid::Uuid::parse_str(id)
@@ -93,12 +98,7 @@ pub async fn get_dataset(
     Path(id): Path<String>,
 ) -> ApiResult<Json<DatasetView>> {
     let id = dataset_id(&id)?;
-    state
-        .datasets
-        .view(id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| not_found(id))
+    found(id, state.datasets.view(id).await?)
 }
 
 /// Stop a run: no further shard is generated; those done stay.
@@ -116,12 +116,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<DatasetView>> {
     let id = dataset_id(&id)?;
-    state
-        .datasets
-        .cancel(id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| not_found(id))
+    found(id, state.datasets.cancel(id).await?)
 }
 
 /// Remove a run and its data.
@@ -181,7 +176,7 @@ pub async fn export(
         )
     })?;
     let id = dataset_id(&id)?.to_string();
-    if state.datasets.view(&id).await?.is_none() {
+    if !state.datasets.exists(&id).await? {
         return Err(not_found(&id));
     }
     let (sender, receiver) = tokio::sync::mpsc::channel(2);

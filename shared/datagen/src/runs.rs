@@ -18,8 +18,8 @@ use orchestrator_core::{
 };
 use orchestrator_queue::{JobError, JobHandler, LeasedJob, NewJob, QueueBackend, QueueDefaults};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -201,8 +201,32 @@ impl Datasets {
         Ok(())
     }
 
+    /// The latest 100 runs, newest first.
     pub async fn list(&self) -> Result<Vec<DatasetView>, DatasetError> {
-        let rows = datasets::Entity::find()
+        self.views(None).await
+    }
+
+    /// The runs under way (status asks every second: only these).
+    pub async fn running(&self) -> Result<Vec<DatasetView>, DatasetError> {
+        self.views(Some("running")).await
+    }
+
+    pub async fn exists(&self, id: &str) -> Result<bool, DatasetError> {
+        let found = datasets::Entity::find_by_id(id)
+            .select_only()
+            .column(datasets::Column::Id)
+            .into_tuple::<String>()
+            .one(&self.db)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn views(&self, status: Option<&str>) -> Result<Vec<DatasetView>, DatasetError> {
+        let mut query = datasets::Entity::find();
+        if let Some(status) = status {
+            query = query.filter(datasets::Column::Status.eq(status));
+        }
+        let rows = query
             .order_by_desc(datasets::Column::CreatedAtMs)
             .limit(100)
             .all(&self.db)
@@ -305,10 +329,9 @@ impl Datasets {
         let dedup = serde_json::from_str::<Plan>(&run.plan)?.filters.dedup;
         let mut seen = HashSet::new();
         if split == Split::Eval && dedup {
-            for shard in 0..run.shards_total {
-                if let Some((train, _, keys)) = self.shard_lines(id, shard, Split::Train).await? {
-                    seen.extend(keys.into_iter().take(train));
-                }
+            // Train lines come first: only their keys are needed, not the lines.
+            for (train, keys) in shard_keys(&self.db, id).await? {
+                seen.extend(keys.into_iter().take(train));
             }
         }
         for shard in 0..run.shards_total {
@@ -451,19 +474,16 @@ impl ShardJob {
     /// Once every shard is in: counts the repeats across shards (train
     /// first, as the export drops them) and completes the run.
     async fn settle(&self, id: &str, total: i32) -> anyhow::Result<()> {
-        let rows: Vec<(String, Vec<u8>)> = shards::Entity::find()
-            .select_only()
-            .column(shards::Column::Counts)
-            .column(shards::Column::Keys)
+        // A count first: the keys are read only once, by the last shard in.
+        let stored = shards::Entity::find()
             .filter(shards::Column::DatasetId.eq(id))
-            .order_by_asc(shards::Column::Shard)
-            .into_tuple()
-            .all(&self.db)
+            .count(&self.db)
             .await?;
-        if rows.len() < total as usize {
+        if stored < total as u64 {
             return Ok(());
         }
-        let summary = tokio::task::spawn_blocking(move || summarize(&rows)).await??;
+        let keys = shard_keys(&self.db, id).await?;
+        let summary = tokio::task::spawn_blocking(move || summarize(&keys)).await?;
         let now = now_ms() as i64;
         datasets::Entity::update_many()
             .col_expr(datasets::Column::Status, "completed".into())
@@ -500,20 +520,33 @@ fn encode(shard: &Shard) -> anyhow::Result<shards::ActiveModel> {
     })
 }
 
-/// Train and eval lines left once repeats across shards are dropped.
-fn summarize(rows: &[(String, Vec<u8>)]) -> anyhow::Result<Summary> {
-    let mut seen = HashSet::new();
-    let (mut train, mut eval, mut repeats) = (0, 0, 0);
-    let parsed: Vec<(usize, Vec<u64>)> = rows
-        .iter()
+/// Every stored shard's train line count and dedup keys (train keys
+/// first), in shard order.
+async fn shard_keys(db: &DatabaseConnection, id: &str) -> anyhow::Result<Vec<(usize, Vec<u64>)>> {
+    let rows: Vec<(String, Vec<u8>)> = shards::Entity::find()
+        .select_only()
+        .column(shards::Column::Counts)
+        .column(shards::Column::Keys)
+        .filter(shards::Column::DatasetId.eq(id))
+        .order_by_asc(shards::Column::Shard)
+        .into_tuple()
+        .all(db)
+        .await?;
+    rows.iter()
         .map(|(counts, keys)| {
             let counts: ShardCounts = serde_json::from_str(counts)?;
             Ok((counts.train as usize, decode_keys(keys)))
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect()
+}
+
+/// Train and eval lines left once repeats across shards are dropped.
+fn summarize(shards: &[(usize, Vec<u64>)]) -> Summary {
+    let mut seen = HashSet::new();
+    let (mut train, mut eval, mut repeats) = (0, 0, 0);
     // Train lines of every shard first, then eval lines, as the export.
     for eval_pass in [false, true] {
-        for (train_lines, keys) in &parsed {
+        for (train_lines, keys) in shards {
             let part = match eval_pass {
                 false => &keys[..*train_lines],
                 true => &keys[*train_lines..],
@@ -527,11 +560,11 @@ fn summarize(rows: &[(String, Vec<u8>)]) -> anyhow::Result<Summary> {
             }
         }
     }
-    Ok(Summary {
+    Summary {
         train,
         eval,
         duplicates_across_shards: repeats,
-    })
+    }
 }
 
 #[derive(Debug, Deserialize)]
