@@ -472,7 +472,17 @@ mod tests {
         assert!(!index.has_ann(), "below the threshold a scan is enough");
         insert(&mut index, &points[1_000..]);
         assert!(index.has_ann());
-        assert_eq!(nearest(&index, &points[123].1).0, points[123].0);
+        // The graph is built on every thread, so which links survive
+        // pruning varies from run to run; now and then a node is left with
+        // no way in (as in every HNSW). Nearly every point is found.
+        let found = |index: &Index, points: &[(uuid::Uuid, Vec<f32>)]| {
+            points
+                .iter()
+                .filter(|(id, vector)| nearest(index, vector).0 == *id)
+                .count()
+        };
+        let probes: Vec<_> = points.iter().step_by(10).cloned().collect();
+        assert!(found(&index, &probes) >= probes.len() - 2);
 
         // A small batch is linked into the existing graph.
         let later: Vec<(uuid::Uuid, Vec<f32>)> = (0..20u64)
@@ -480,9 +490,7 @@ mod tests {
             .collect();
         insert(&mut index, &later);
         assert!(index.has_ann());
-        for (id, vector) in &later {
-            assert_eq!(nearest(&index, vector).0, *id);
-        }
+        assert!(found(&index, &later) >= later.len() - 1);
 
         // A removed point is never returned; a replaced one (its slot
         // reused) is found by its new vector, with an exact score.
