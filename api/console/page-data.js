@@ -1,7 +1,8 @@
 // Training data: dataset generation runs (POST /api/v1/datasets), each
 // generated in shards by the fleet's `datagen` workers, with their progress,
 // what the filters dropped, the task families produced, downloads of the
-// train and eval splits as JSON lines, and a cancel button.
+// train and eval splits as JSON lines, a cancel button, and a button that
+// starts a LoRA training run on a completed dataset.
 
 import { act, ago, badge, el, get, live, number, post, section, table } from "/console/core.js";
 import { downloadLink } from "/console/download.js";
@@ -38,6 +39,7 @@ function createForm() {
             seed: Number(form.get("seed") || 0),
             shard_size: Number(form.get("shard_size") || 10000),
             eval_fraction: Number(form.get("eval_fraction") || 0.05),
+            sources: [source(form.get("source"), form.get("source_id").trim())],
           };
           await act("new run", () => post(ROUTE, body), `Run ${body.name} started`);
         },
@@ -50,12 +52,30 @@ function createForm() {
         "Format",
         el("select", { name: "format" }, ["chat", "alpaca", "completion"].map((f) => el("option", { value: f }, f))),
       ),
+      el(
+        "label",
+        {},
+        "Source",
+        el(
+          "select",
+          { name: "source" },
+          ["synthetic", "campaign", "context_pack", "workflows", "feedback"].map((s) => el("option", { value: s }, s)),
+        ),
+      ),
+      field("source_id", "Campaign or pack id", { maxlength: 128, placeholder: "for campaign and context_pack" }),
       field("shard_size", "Shard size", { type: "number", min: 1, max: 100000, value: 10000 }),
       field("eval_fraction", "Eval share", { type: "number", min: 0, max: 0.5, step: 0.01, value: 0.05 }),
       field("seed", "Seed", { type: "number", min: 0, value: 0 }),
       el("button", { type: "submit", class: "primary" }, "Generate"),
     ),
   );
+}
+
+/** One `sources` entry; campaign and context_pack name what they read. */
+function source(name, id) {
+  if (name === "campaign") return { source: name, campaign: id };
+  if (name === "context_pack") return { source: name, pack: id };
+  return { source: name };
 }
 
 function datasetTable(datasets) {
@@ -78,7 +98,7 @@ function datasetTable(datasets) {
         el("td", { class: "n" }, number(d.examples_per_s)),
         el("td", { class: "muted" }, Object.keys(d.families).join(", ")),
         el("td", { class: "muted" }, ago(d.created_at_ms)),
-        el("td", { class: "actions" }, downloads(d), cancelButton(d)),
+        el("td", { class: "actions" }, downloads(d), trainButton(d), cancelButton(d)),
       ),
     ),
     "No run yet.",
@@ -106,6 +126,20 @@ function downloads(d) {
     downloadLink(href("train"), `${d.name}-train.jsonl`, "train.jsonl", { "data-split": "train" }),
     downloadLink(href("eval"), `${d.name}-eval.jsonl`, "eval.jsonl", { "data-split": "eval" }),
   ];
+}
+
+function trainButton(d) {
+  if (d.status !== "completed") return null;
+  return el(
+    "button",
+    {
+      "data-action": "train",
+      title: "Start a LoRA training run on this dataset (train split) judged on its eval split",
+      onclick: () =>
+        act("train", () => post("/api/v1/training/runs", { dataset: d.id }), "Training run queued: see Training"),
+    },
+    "Train",
+  );
 }
 
 function cancelButton(d) {

@@ -11,6 +11,7 @@ mod m20261124_000004_create_training;
 mod m20261124_000005_create_campaigns;
 mod m20261130_000006_create_adapter_files;
 mod m20261130_000007_create_datasets;
+mod m20261130_000008_create_dataset_materials;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000005_create_campaigns::Migration),
             Box::new(m20261130_000006_create_adapter_files::Migration),
             Box::new(m20261130_000007_create_datasets::Migration),
+            Box::new(m20261130_000008_create_dataset_materials::Migration),
         ]
     }
 }

@@ -259,9 +259,8 @@ export const scenarios = {
     return { run: id, status: run.status, steps };
   },
 
-  /** Dataset runs do not exist yet: the page says so without asking for a
-   *  route the API lacks (no failed request), and fits a phone like the
-   *  other two pages. */
+  /** A dataset run started from the form, followed live to its end,
+   *  downloaded, and trained on; every page fits a phone. */
   async data(ctx) {
     const page = await open(ctx, "#/data");
     const form = page.locator("#dataset-form");
@@ -291,6 +290,13 @@ export const scenarios = {
     assert.deepEqual(file, lines(await response.text()));
     assert.equal(file.length, done.summary.train);
     assert.ok(file.every((example) => typeof example.instruction === "string"));
+    // Train on it: a LoRA run on the dataset's own splits.
+    await page.locator(`${row} button[data-action="train"]`).click();
+    const training = await until("a training run on the dataset", async () => {
+      const { runs } = await ok(ctx, "GET", "/api/v1/training/runs");
+      return runs.find((r) => r.trigger === "dataset");
+    });
+    assert.equal(training.examples, Math.min(done.summary.train, 10000) + Math.min(done.summary.eval, 1000));
     await page.close();
 
     const { campaigns } = await ok(ctx, "GET", "/api/v1/campaigns");

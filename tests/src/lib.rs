@@ -689,6 +689,33 @@ impl Setup {
         Process(Some(child))
     }
 
+    /// Starts `binary` on a pseudo-terminal (util-linux `script`), everything
+    /// it draws on the terminal going to the file `log`.
+    pub fn spawn_on_terminal(&self, binary: &str, args: &[&str], log: &Path) -> Process {
+        let mut inner = self.command(binary);
+        inner.args(args);
+        let line = std::iter::once(inner.get_program())
+            .chain(inner.get_args())
+            .map(|part| format!("'{}'", part.to_string_lossy().replace('\'', r"'\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut outer = Command::new("script");
+        outer.arg("-qfec").arg(&line).arg(log);
+        for (key, value) in inner.get_envs() {
+            match value {
+                Some(value) => outer.env(key, value),
+                None => outer.env_remove(key),
+            };
+        }
+        let child = outer
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start script (util-linux) for a pseudo-terminal");
+        Process(Some(child))
+    }
+
     /// Starts the API on `port` without waiting for it to answer, logging
     /// to `log`: for tests of what it does before it listens.
     pub fn spawn_api_logged(&self, port: u16, args: &[&str], log: &Path) -> Api {

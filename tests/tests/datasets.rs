@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use orchestrator_tests::{Api, Backend, Setup, StatusCode};
+use orchestrator_tests::{Api, Backend, Setup, StatusCode, site::Site};
 use serde_json::{Value, json};
 
 async fn wait_for_status(api: &Api, id: &str, status: &str, within: Duration) -> Value {
@@ -203,15 +203,423 @@ async fn bad_requests_name_the_field_and_create_nothing() {
             json!({"name": "x", "count": 10, "filters": {"min_chars": 9, "max_chars": 3}}),
             "filters",
         ),
+        (
+            json!({"name": "x", "count": 10, "filters": {"near_duplicates": 0.2}}),
+            "near_duplicates",
+        ),
+        (
+            json!({"name": "x", "count": 10, "filters": {"languages": ["klingon"]}}),
+            "language",
+        ),
+        (
+            json!({"name": "x", "count": 10, "sources": [{"source": "context_pack"}]}),
+            "pack",
+        ),
+        (
+            json!({"name": "x", "count": 10,
+                   "sources": [{"source": "context_pack", "pack": "0192d5e0-0000-7000-8000-000000000000"}]}),
+            "no pack",
+        ),
+        (
+            json!({"name": "x", "count": 10,
+                   "sources": [{"source": "campaign", "campaign": "0192d5e0-0000-7000-8000-000000000000"}]}),
+            "no campaign",
+        ),
+        (
+            json!({"name": "x", "count": 10, "sources": [{"source": "synthetic", "pack": "p"}]}),
+            "synthetic takes no",
+        ),
+        (
+            json!({"name": "x", "count": 10, "sources": [{"source": "llm"}]}),
+            "model",
+        ),
+        (
+            json!({"name": "x", "count": 10, "sources": [{"source": "llm", "model": "oracle-9"}]}),
+            "no model",
+        ),
+        (
+            json!({"name": "x", "count": 10, "sources": [{"source": "workflows"}]}),
+            "no workflow task",
+        ),
+        (
+            json!({"name": "x", "count": 10, "sources": [{"source": "feedback"}]}),
+            "feedback",
+        ),
     ] {
-        let (code, answer) = api.post("/api/v1/datasets", &body).await;
-        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
-        let message = answer["error"]["message"].as_str().unwrap();
-        assert!(message.contains(field), "{body}: {message}");
+        refused(&api, "/api/v1/datasets", body, field).await;
     }
     let (_, listed) = api.get("/api/v1/datasets").await;
     assert_eq!(listed["datasets"], json!([]));
     assert_eq!(api.queue("datagen").await["pending"], 0);
+
+    // A local model whose weights are not on this machine cannot write.
+    let empty = tempfile_dir("no-models");
+    let bare = Setup::new(Backend::Embedded).env("ORCH_MODELS_DIR", empty.to_str().unwrap());
+    let api = bare.start_api(&["--no-workers"]).await;
+    refused(
+        &api,
+        "/api/v1/datasets",
+        json!({"name": "x", "count": 10, "sources": [{"source": "llm", "model": "smollm2"}]}),
+        "weights",
+    )
+    .await;
+}
+
+/// A 422 whose message says `says`.
+async fn refused(api: &Api, path: &str, body: Value, says: &str) {
+    let (code, answer) = api.post(path, &body).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains(says), "{body}: {message}");
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("orch-{name}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every exported example of a run, train and eval, as (prompt, answer).
+async fn examples(api: &Api, id: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for split in ["train", "eval"] {
+        for line in export(api, id, split).await.lines() {
+            let example: Value = serde_json::from_str(line).unwrap();
+            out.push((
+                example["messages"][0]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                example["messages"][1]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn packs_and_feedback_are_read_as_they_were_when_the_run_was_created() {
+    let setup = Setup::new(Backend::Embedded);
+    let api = setup.start_api(&["--no-workers"]).await;
+    let (code, pack) = api
+        .post(
+            "/api/v1/context-packs",
+            &json!({"name": "docs", "documents": [
+                {"source": "queue.md", "text": "# Queues\nJobs wait in a queue until a worker leases them and runs them to the end.\n## Leases\nA lease expires unless the worker renews it in time, and then the job is delivered again."},
+                {"source": "german.md", "text": "# Warteschlangen\nAufträge warten in einer Warteschlange, bis ein Arbeiter sie übernimmt und ausführt. Danach meldet der Arbeiter jeden erledigten Auftrag zurück an den Server."},
+                {"source": "add.rs", "text": "/// Adds two numbers and returns their sum.\npub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n"}
+            ]}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{pack}");
+    let pack_id = pack["pack"]["id"].as_str().unwrap();
+    let corrections = [
+        "The capital of Peru is Lima.",
+        "Water boils at 100 degrees Celsius at sea level.",
+        "A byte holds eight bits.",
+    ];
+    for (n, correction) in corrections.iter().enumerate() {
+        let (code, stored) = api
+            .post(
+                "/api/v1/feedback",
+                &json!({"prompt": format!("Question {n}?"), "response": "No idea.", "rating": 1,
+                        "correction": correction}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{stored}");
+    }
+    let run = create(
+        &api,
+        json!({"name": "docs", "count": 600, "shard_size": 150, "eval_fraction": 0.2,
+               "sources": [{"source": "context_pack", "pack": pack_id, "weight": 2},
+                           {"source": "feedback", "weight": 1}],
+               "filters": {"languages": ["eng"], "near_duplicates": 0.8}}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    // Given after the run was created: not in its snapshot.
+    let (code, _) = api
+        .post(
+            "/api/v1/feedback",
+            &json!({"prompt": "Late?", "response": "No.", "rating": 1,
+                    "correction": "LATE-ANSWER given after the run began."}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let _worker = setup.start_worker(&["--queues", "datagen"]);
+    let run = wait_for_status(&api, &id, "completed", Duration::from_secs(60)).await;
+
+    assert!(
+        run["sources"]["context_pack"].as_u64().unwrap() > 0,
+        "{run}"
+    );
+    assert!(run["sources"]["feedback"].as_u64().unwrap() > 0, "{run}");
+    // The German section's answers are dropped, and so are the many
+    // repeats of a handful of records.
+    assert!(run["dropped"]["language"].as_u64().unwrap() > 0, "{run}");
+    assert!(run["dropped"]["duplicate"].as_u64().unwrap() > 400, "{run}");
+    let dropped: u64 = run["dropped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(run["kept"].as_u64().unwrap() + dropped, 600, "{run}");
+
+    let pairs = examples(&api, &id).await;
+    assert!(!pairs.is_empty());
+    let mut answers = HashSet::new();
+    for (prompt, answer) in &pairs {
+        assert!(
+            !answer.contains("LATE-ANSWER"),
+            "read after creation: {answer}"
+        );
+        assert!(
+            !answer.contains("Warteschlange"),
+            "a German answer kept: {answer}"
+        );
+        if prompt.starts_with("Question ") {
+            assert!(corrections.contains(&answer.as_str()), "{prompt}: {answer}");
+        }
+        answers.insert(answer.clone());
+    }
+    // Code is explained by its own doc comment; a section titled by its heading.
+    assert!(
+        answers.contains("Adds two numbers and returns their sum."),
+        "{answers:?}"
+    );
+    assert!(answers.contains("Leases"), "{answers:?}");
+    assert!(
+        pairs
+            .iter()
+            .any(|(prompt, answer)| prompt.contains("\"Leases\" of queue.md")
+                && answer.contains("lease expires")),
+        "{pairs:?}"
+    );
+    assert!(
+        run["families"]["pack_explain"].as_u64().unwrap() > 0,
+        "{run}"
+    );
+}
+
+#[tokio::test]
+async fn campaign_items_become_instruction_pairs_with_their_own_values() {
+    let site = Site::start(0, Duration::ZERO).await;
+    let setup = Setup::new(Backend::Embedded).env("ORCH_CAMPAIGN_ALLOW", "127.0.0.1/32");
+    let api = setup.start_api(&[]).await;
+    let (code, campaign) = api
+        .post(
+            "/api/v1/campaigns",
+            &json!({"name": "shop", "type": "seo_mining",
+                    "config": {"urls": [site.url("/")], "allow": ["127.0.0.1/32"], "max_depth": 2,
+                               "per_host_interval_ms": 0}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{campaign}");
+    let campaign_id = campaign["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, now) = api.get(&format!("/api/v1/campaigns/{campaign_id}")).await;
+        if now["status"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let run = create(
+        &api,
+        json!({"name": "items", "count": 2_000, "shard_size": 500,
+               "sources": [{"source": "campaign", "campaign": campaign_id}]}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let run = wait_for_status(&api, &id, "completed", Duration::from_secs(60)).await;
+    for family in [
+        "campaign_to_json",
+        "campaign_extract",
+        "campaign_describe",
+        "campaign_compare",
+    ] {
+        assert!(
+            run["families"][family].as_u64().unwrap_or(0) > 0,
+            "{family}: {run}"
+        );
+    }
+    let pairs = examples(&api, &id).await;
+    let mut extracted = 0;
+    for (prompt, answer) in &pairs {
+        if prompt.starts_with("Write this ") {
+            let object: Value = serde_json::from_str(answer).unwrap();
+            // Every field of the JSON answer is stated in the prompt.
+            for (key, value) in object.as_object().unwrap() {
+                assert!(
+                    prompt.contains(&format!("{key}: {}", value.as_str().unwrap())),
+                    "{prompt} / {answer}"
+                );
+            }
+        }
+        if prompt.starts_with("What is the ") {
+            assert!(prompt.contains(answer.as_str()), "{prompt} / {answer}");
+            extracted += 1;
+        }
+    }
+    assert!(extracted > 0);
+    assert!(
+        pairs.iter().any(|(prompt, _)| prompt.contains("Product")),
+        "the shop's products: {pairs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_local_model_writes_and_checks_examples_within_its_token_budget() {
+    let setup = Setup::new(Backend::Embedded);
+    let api = setup.start_api(&[]).await;
+    let run = create(
+        &api,
+        json!({"name": "self-instruct", "count": 2, "shard_size": 1, "eval_fraction": 0,
+               "sources": [{"source": "llm", "model": "smollm2", "validator": "smollm2",
+                            "max_tokens_total": 20_000, "max_answer_tokens": 48,
+                            "seed_prompts": ["Name three primary colours.",
+                                             "Give the plural of mouse.",
+                                             "What is 12 times 12?"]}]}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let run = wait_for_status(&api, &id, "completed", Duration::from_secs(300)).await;
+    let dropped: u64 = run["dropped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(run["kept"].as_u64().unwrap() + dropped, 2, "{run}");
+    assert!(run["llm_tokens"].as_u64().unwrap() > 50, "{run}");
+    assert!(run["llm_tokens"].as_u64().unwrap() <= 20_000, "{run}");
+    assert!(run["llm_tokens_per_s"].as_f64().unwrap() > 0.0, "{run}");
+    // Without the budget to finish even one call, nothing is written.
+    let starved = create(
+        &api,
+        json!({"name": "starved", "count": 4, "shard_size": 2,
+               "sources": [{"source": "llm", "model": "smollm2", "max_tokens_total": 2}]}),
+    )
+    .await;
+    let starved_id = starved["id"].as_str().unwrap().to_string();
+    let starved = wait_for_status(&api, &starved_id, "completed", Duration::from_secs(120)).await;
+    assert_eq!(starved["kept"], 0, "{starved}");
+    assert!(
+        starved["dropped"]["budget"].as_u64().unwrap() >= 2,
+        "{starved}"
+    );
+}
+
+#[tokio::test]
+async fn a_training_run_trains_on_a_datasets_train_split_and_evaluates_on_its_eval_split() {
+    let setup = Setup::new(Backend::Embedded).env("ORCH_TRAIN_POLL_MS", "200");
+    let api = setup.start_api(&[]).await;
+    let run = create(
+        &api,
+        json!({"name": "to-train", "count": 40, "shard_size": 20, "seed": 5,
+               "eval_fraction": 0.25, "filters": {"max_chars": 160}}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    // A dataset that does not exist is named.
+    refused(
+        &api,
+        "/api/v1/training/runs",
+        json!({"dataset": "0192d5e0-0000-7000-8000-000000000000"}),
+        "no dataset",
+    )
+    .await;
+    // One that never completed is not trained on.
+    let stopped = create(&api, json!({"name": "stopped", "count": 5_000_000})).await;
+    let stopped_id = stopped["id"].as_str().unwrap();
+    api.post(&format!("/api/v1/datasets/{stopped_id}/cancel"), &json!({}))
+        .await;
+    let (code, body) = api
+        .post("/api/v1/training/runs", &json!({"dataset": stopped_id}))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "dataset_not_ready", "{body}");
+    let dataset = wait_for_status(&api, &id, "completed", Duration::from_secs(60)).await;
+    let (train, eval) = (
+        dataset["summary"]["train"].as_u64().unwrap(),
+        dataset["summary"]["eval"].as_u64().unwrap(),
+    );
+    assert!(train >= 2 && eval >= 1, "{dataset}");
+    let (code, training) = api
+        .post(
+            "/api/v1/training/runs",
+            &json!({"dataset": id, "config": {"learning_rate": 1e-3, "epochs": 1, "batch_size": 4,
+                                              "max_seq_len": 192, "seed": 7}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{training}");
+    assert_eq!(training["trigger"], "dataset");
+    assert_eq!(
+        training["examples"].as_u64().unwrap(),
+        train + eval,
+        "{training}"
+    );
+    let run_id = training["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let finished = loop {
+        let (_, now) = api.get(&format!("/api/v1/training/runs/{run_id}")).await;
+        if ["promoted", "rejected", "failed"].contains(&now["status"].as_str().unwrap()) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "{now}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_ne!(finished["status"], "failed", "{finished}");
+    // The dataset's own split, not one drawn by the trainer.
+    assert_eq!(
+        finished["progress"]["train_examples"].as_u64().unwrap(),
+        train,
+        "{finished}"
+    );
+    assert_eq!(
+        finished["progress"]["eval_examples"].as_u64().unwrap(),
+        eval,
+        "{finished}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_on_a_terminal_draws_the_runs_progress() {
+    let setup = Setup::new(Backend::Embedded);
+    let api = setup.start_api(&["--no-workers"]).await;
+    let log = setup.data_dir.join("terminal.log");
+    let _worker = setup.spawn_on_terminal("orchestrator-worker", &["--queues", "datagen"], &log);
+    let run = create(
+        &api,
+        json!({"name": "bar-run", "count": 300_000, "shard_size": 10_000}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let text = orchestrator_tests::wait_for_text(&log, "/30 shards", Duration::from_secs(60)).await;
+    assert!(text.contains("bar-run"), "{text}");
+    wait_for_status(&api, &id, "completed", Duration::from_secs(120)).await;
+    // Piped (no terminal), the same worker draws nothing.
+    let piped = setup.data_dir.join("piped.log");
+    let _quiet = setup.spawn_logged("orchestrator-worker", &["--queues", "datagen"], &[], &piped);
+    let again = create(
+        &api,
+        json!({"name": "quiet-run", "count": 100_000, "shard_size": 10_000}),
+    )
+    .await;
+    wait_for_status(
+        &api,
+        again["id"].as_str().unwrap(),
+        "completed",
+        Duration::from_secs(120),
+    )
+    .await;
+    let said = std::fs::read_to_string(&piped).unwrap();
+    assert!(!said.contains("shards"), "{said}");
 }
 
 #[tokio::test]

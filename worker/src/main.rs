@@ -10,6 +10,8 @@ use orchestrator_core::{
 use orchestrator_queue::fleet;
 use tokio_util::sync::CancellationToken;
 
+mod progress;
+
 #[derive(Debug, Parser)]
 #[command(
     group = clap::ArgGroup::new("work").required(true).multiple(false),
@@ -41,6 +43,11 @@ struct Cli {
     /// Address of this worker's own /metrics listener.
     #[arg(long, env = "ORCH_METRICS_ADDR")]
     metrics_addr: Option<String>,
+
+    /// Do not draw progress bars of dataset generation runs (drawn only
+    /// when serving `datagen` with stderr on a terminal).
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[tokio::main]
@@ -142,6 +149,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     fleet::spawn_depth_sampler(backend.clone(), cli.queues.clone(), shutdown_token.clone());
+    if cli.queues.iter().any(|q| q == "datagen") && !cli.no_progress && progress::wanted() {
+        progress::spawn(services.datasets.clone(), shutdown_token.clone());
+    }
 
     let plan = orchestrator_bootstrap::assignments(&store, &assignments, cli.concurrency).await?;
     let workers = fleet::spawn_workers(backend, plan, cli.common.lease(), "worker", shutdown_token);

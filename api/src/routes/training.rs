@@ -6,6 +6,7 @@ use axum::{
     http::StatusCode,
 };
 use orchestrator_core::metrics::FEEDBACK;
+use orchestrator_datagen::runs::Split;
 use orchestrator_models::{
     ProviderKind,
     adapters::{self, AdapterView, ChangeError},
@@ -13,6 +14,7 @@ use orchestrator_models::{
 };
 use orchestrator_training::{
     TrainingConfig,
+    data::Example,
     feedback::{FeedbackRequest, NewFeedback, Stored},
     runs::{self, CreateError, RunView},
 };
@@ -119,15 +121,22 @@ pub struct RunRequest {
     pub base_model: Option<String>,
     /// Training settings; missing fields take their defaults.
     pub config: Option<TrainingConfig>,
+    /// Train on this completed dataset's train split (its first 10,000
+    /// examples) and evaluate on its eval split (its first 1,000), instead
+    /// of on the feedback buffer.
+    pub dataset: Option<String>,
 }
 
-/// Start a run now on everything in the feedback buffer.
+/// Most examples of a dataset's eval split a run evaluates on.
+const MAX_HELD_OUT: usize = 1_000;
+
+/// Start a run now on everything in the feedback buffer, or on a dataset.
 #[utoipa::path(
     post, path = "/api/v1/training/runs", tag = "training",
     request_body = RunRequest,
     responses(
         (status = 202, description = "Run queued", body = RunView),
-        (status = 409, description = "A run of this model is not finished", body = ErrorBody),
+        (status = 409, description = "A run of this model is not finished, or the dataset is not complete", body = ErrorBody),
         (status = 422, description = "Invalid request or too few examples", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -143,7 +152,21 @@ pub async fn create_run(
     config
         .check()
         .map_err(|e| ApiError::invalid(format!("config: {e}")))?;
-    match runs::create(&state.feedback, &base, &config, "manual").await {
+    let created = match &request.dataset {
+        Some(id) => {
+            let examples = dataset_examples(&state, id).await?;
+            runs::create_from(
+                state.store.connection(),
+                &base,
+                &config,
+                "dataset",
+                &examples,
+            )
+            .await
+        }
+        None => runs::create(&state.feedback, &base, &config, "manual").await,
+    };
+    match created {
         Ok(run) => Ok((StatusCode::ACCEPTED, Json(run.into()))),
         Err(err @ CreateError::Busy(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -153,6 +176,55 @@ pub async fn create_run(
         Err(err @ CreateError::TooFew(_)) => Err(ApiError::invalid(err.to_string())),
         Err(CreateError::Store(err)) => Err(ApiError::backend(err)),
     }
+}
+
+/// A completed dataset's train split (then its eval split, held out) as
+/// training examples.
+async fn dataset_examples(state: &AppState, id: &str) -> ApiResult<Vec<Example>> {
+    let Some(view) = state.datasets.view(id).await? else {
+        return Err(ApiError::invalid(format!(
+            "dataset: no dataset {}",
+            shown(id)
+        )));
+    };
+    if view.status != "completed" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "dataset_not_ready",
+            format!(
+                "dataset {} is {} ({} of {} shards done); train on it once it is completed",
+                view.id, view.status, view.shards_done, view.shards_total
+            ),
+        ));
+    }
+    let read = |split, limit| state.datasets.pairs(id, split, limit);
+    let train = read(Split::Train, runs::MAX_RUN_EXAMPLES as usize)
+        .await
+        .map_err(ApiError::backend)?
+        .unwrap_or_default();
+    let eval = read(Split::Eval, MAX_HELD_OUT)
+        .await
+        .map_err(ApiError::backend)?
+        .unwrap_or_default();
+    if train.len() < runs::MIN_RUN_EXAMPLES {
+        return Err(ApiError::invalid(format!(
+            "dataset: {} has {} training examples; a run needs at least {}",
+            view.id,
+            train.len(),
+            runs::MIN_RUN_EXAMPLES
+        )));
+    }
+    let example = |(prompt, target): (String, String), held_out| Example {
+        prompt,
+        target,
+        synthetic: false,
+        held_out,
+    };
+    Ok(train
+        .into_iter()
+        .map(|pair| example(pair, false))
+        .chain(eval.into_iter().map(|pair| example(pair, true)))
+        .collect())
 }
 
 #[derive(Serialize, ToSchema)]

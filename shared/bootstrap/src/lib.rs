@@ -42,6 +42,7 @@ pub fn builtin(
     config: &CommonConfig,
     store: &Store,
     memory: &Arc<Memory>,
+    models: &Arc<Models>,
     workflows: &Arc<OnceLock<Arc<Workflows>>>,
 ) -> Vec<Arc<dyn JobHandler>> {
     vec![
@@ -50,7 +51,7 @@ pub fn builtin(
         }),
         Arc::new(Embed::new(memory.clone())),
         Arc::new(Inference::new(workflows.clone())),
-        Arc::new(ShardJob::new(store.connection().clone())),
+        Arc::new(ShardJob::new(store.connection().clone(), models.clone())),
     ]
 }
 
@@ -85,8 +86,17 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         config,
         PackStore::new(store.connection().clone()),
     ));
+    let models = Arc::new(
+        Models::new(
+            registry,
+            config.models_dir.clone(),
+            store.connection().clone(),
+        )?
+        .with_adapter_cache(config.data_dir.join("adapter-cache")),
+    );
+    models.refresh_adapters().await?;
     let workflows_slot = Arc::new(OnceLock::new());
-    let handlers = builtin(config, &store, &memory, &workflows_slot);
+    let handlers = builtin(config, &store, &memory, &models, &workflows_slot);
     let defaults: Vec<_> = handlers.iter().map(|h| (h.queue(), h.defaults())).collect();
     store.seed_queues(&defaults).await?;
     let queue = with_redis(config, || orchestrator_queue::connect(config)).await?;
@@ -101,20 +111,11 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         }
         None => Feedback::embedded(store.connection().clone()),
     });
-    let models = Arc::new(
-        Models::new(
-            registry,
-            config.models_dir.clone(),
-            store.connection().clone(),
-        )?
-        .with_adapter_cache(config.data_dir.join("adapter-cache")),
-    );
-    models.refresh_adapters().await?;
     let heard = with_redis(config, || adapter_notices.subscribe()).await?;
     follow_adapters(models.clone(), heard);
     let workflows = Arc::new(Workflows::new(
         store.connection().clone(),
-        models,
+        models.clone(),
         memory.clone(),
         patterns,
         queue.clone(),
@@ -131,7 +132,11 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         config.lease(),
         campaign_allow(config)?,
     ));
-    let datasets = Arc::new(Datasets::new(store.connection().clone(), queue.clone()));
+    let datasets = Arc::new(Datasets::new(
+        store.connection().clone(),
+        queue.clone(),
+        models,
+    ));
     Ok(Services {
         campaigns,
         datasets,

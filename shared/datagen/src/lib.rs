@@ -7,14 +7,20 @@
 //! delivered twice writes the same lines, and at-least-once delivery still
 //! yields every example exactly once.
 
+pub mod llm;
+pub mod quality;
 pub mod runs;
+pub mod snapshot;
+pub mod sources;
 pub mod synthetic;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use sources::Source;
 
 /// Most examples one run may ask for.
 pub const MAX_COUNT: u64 = 10_000_000;
@@ -66,6 +72,28 @@ impl Format {
             }
         }
     }
+
+    /// The prompt and answer of a line written in this format.
+    pub fn parse(self, line: &[u8]) -> Option<(String, String)> {
+        let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        match self {
+            Format::Chat => Some((
+                text(&value["messages"][0]["content"])?,
+                text(&value["messages"][1]["content"])?,
+            )),
+            Format::Alpaca => {
+                let instruction = text(&value["instruction"])?;
+                let input = text(&value["input"]).unwrap_or_default();
+                let prompt = match input.is_empty() {
+                    true => instruction,
+                    false => format!("{instruction}\n\n{input}"),
+                };
+                Some((prompt, text(&value["output"])?))
+            }
+            Format::Completion => Some((text(&value["prompt"])?, text(&value["completion"])?)),
+        }
+    }
 }
 
 /// What is kept.
@@ -79,6 +107,18 @@ pub struct Filters {
     /// Drop exact repeats (same prompt and answer once whitespace and case
     /// are normalized) across the whole run.
     pub dedup: bool,
+    /// Drop an example whose prompt and answer are this similar (estimated
+    /// Jaccard similarity of word 5-shingles, MinHash) to one kept before
+    /// it in its shard; 0 turns the filter off (the default: tasks drawn
+    /// from one template differ only in their values and are not repeats).
+    pub near_duplicates: f64,
+    /// Keep only examples in these languages (ISO 639-3 codes such as
+    /// `eng`); text whose language cannot be told reliably is kept. Empty
+    /// keeps every language.
+    pub languages: Vec<String>,
+    /// Drop garbled answers: broken or control characters, a character or
+    /// word repeated on and on, hardly a letter or digit.
+    pub garbled: bool,
 }
 
 impl Default for Filters {
@@ -87,18 +127,47 @@ impl Default for Filters {
             min_chars: 8,
             max_chars: 16_384,
             dedup: true,
+            near_duplicates: 0.0,
+            languages: Vec::new(),
+            garbled: true,
         }
     }
 }
 
 /// One source and its share of the mix.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SourceWeight {
-    /// `synthetic`.
+    /// `synthetic`, `campaign`, `context_pack`, `workflows`, `feedback` or
+    /// `llm`.
     pub source: String,
     #[serde(default = "one")]
     pub weight: f64,
+    /// `campaign`: the campaign whose items are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// `context_pack`: the pack whose files are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<String>,
+    /// `llm`: the registry model that writes tasks and answers; `feedback`:
+    /// only feedback on this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `llm`: a second model that checks each answer; answers it does not
+    /// pass are dropped (`failed_validation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<String>,
+    /// `llm`: tokens (prompt and completion, every call) the whole run may
+    /// spend; shared equally by its shards. Default 200,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_total: Option<u64>,
+    /// `llm`: example tasks that new ones are modelled on (default: a
+    /// built-in set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_prompts: Option<Vec<String>>,
+    /// `llm`: longest answer written, in tokens (16 to 4,096; default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_answer_tokens: Option<u32>,
 }
 
 fn one() -> f64 {
@@ -133,7 +202,129 @@ fn invalid(field: &'static str, message: impl Into<String>) -> PlanError {
 }
 
 /// Sources this build can generate from.
-pub const SOURCES: [&str; 1] = ["synthetic"];
+pub const SOURCES: [&str; 6] = [
+    "synthetic",
+    "campaign",
+    "context_pack",
+    "workflows",
+    "feedback",
+    "llm",
+];
+
+/// The fields each source takes besides `source` and `weight`.
+fn fields_of(source: &str) -> &'static [&'static str] {
+    match source {
+        "campaign" => &["campaign"],
+        "context_pack" => &["pack"],
+        "feedback" => &["model"],
+        "llm" => &[
+            "model",
+            "validator",
+            "max_tokens_total",
+            "seed_prompts",
+            "max_answer_tokens",
+        ],
+        _ => &[],
+    }
+}
+
+impl SourceWeight {
+    /// The optional fields this entry sets, by name.
+    fn set_fields(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        let pairs = [
+            ("campaign", self.campaign.is_some()),
+            ("pack", self.pack.is_some()),
+            ("model", self.model.is_some()),
+            ("validator", self.validator.is_some()),
+            ("max_tokens_total", self.max_tokens_total.is_some()),
+            ("seed_prompts", self.seed_prompts.is_some()),
+            ("max_answer_tokens", self.max_answer_tokens.is_some()),
+        ];
+        for (name, present) in pairs {
+            if present {
+                set.push(name);
+            }
+        }
+        set
+    }
+
+    fn check(&self) -> Result<(), PlanError> {
+        let name = self.source.as_str();
+        if !SOURCES.contains(&name) {
+            return Err(invalid(
+                "sources",
+                format!(
+                    "unknown source {:?}; this build generates from: {}",
+                    name.chars().take(64).collect::<String>(),
+                    SOURCES.join(", ")
+                ),
+            ));
+        }
+        if !(self.weight.is_finite() && self.weight >= 0.0) {
+            return Err(invalid(
+                "sources",
+                "weights must be finite and not negative",
+            ));
+        }
+        if let Some(extra) = self
+            .set_fields()
+            .into_iter()
+            .find(|field| !fields_of(name).contains(field))
+        {
+            return Err(invalid(
+                "sources",
+                format!("{name} takes no {extra:?} field"),
+            ));
+        }
+        let required = match name {
+            "campaign" => self.campaign.as_deref().map(|_| ()).ok_or("campaign"),
+            "context_pack" => self.pack.as_deref().map(|_| ()).ok_or("pack"),
+            "llm" => self.model.as_deref().map(|_| ()).ok_or("model"),
+            _ => Ok(()),
+        };
+        if let Err(field) = required {
+            return Err(invalid(
+                "sources",
+                format!("{name} needs {field:?}: which one to use"),
+            ));
+        }
+        for id in [&self.campaign, &self.pack, &self.model, &self.validator]
+            .into_iter()
+            .flatten()
+        {
+            if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+                return Err(invalid("sources", "ids are 1 to 128 characters"));
+            }
+        }
+        if self
+            .max_tokens_total
+            .is_some_and(|t| !(1..=100_000_000).contains(&t))
+        {
+            return Err(invalid(
+                "sources",
+                "max_tokens_total must be 1 to 100,000,000",
+            ));
+        }
+        if self
+            .max_answer_tokens
+            .is_some_and(|t| !(16..=4_096).contains(&t))
+        {
+            return Err(invalid("sources", "max_answer_tokens must be 16 to 4,096"));
+        }
+        if let Some(seeds) = &self.seed_prompts
+            && (seeds.is_empty()
+                || seeds.len() > 100
+                || seeds.iter().any(|s| s.trim().is_empty() || s.len() > 2_000))
+        {
+            return Err(invalid(
+                "sources",
+                "seed_prompts: 1 to 100 prompts of 1 to 2,000 characters",
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl Plan {
     /// Checks every field; nothing is created from a plan that fails.
@@ -153,26 +344,36 @@ impl Plan {
         if self.filters.min_chars > self.filters.max_chars {
             return Err(invalid("filters", "min_chars is over max_chars"));
         }
+        if !(self.filters.near_duplicates == 0.0
+            || (0.5..1.0).contains(&self.filters.near_duplicates))
+        {
+            return Err(invalid(
+                "filters",
+                "near_duplicates is 0 (off) or a similarity from 0.5 to under 1",
+            ));
+        }
+        if self.filters.languages.len() > 16 {
+            return Err(invalid("filters", "at most 16 languages"));
+        }
+        if let Some(bad) = self
+            .filters
+            .languages
+            .iter()
+            .find(|code| quality::language(code).is_none())
+        {
+            return Err(invalid(
+                "filters",
+                format!(
+                    "unknown language {:?}; use ISO 639-3 codes such as \"eng\", \"deu\", \"fra\"",
+                    bad.chars().take(16).collect::<String>()
+                ),
+            ));
+        }
         if self.sources.is_empty() || self.sources.len() > 16 {
             return Err(invalid("sources", "give 1 to 16 sources"));
         }
         for source in &self.sources {
-            if !SOURCES.contains(&source.source.as_str()) {
-                return Err(invalid(
-                    "sources",
-                    format!(
-                        "unknown source {:?}; this build generates from: {}",
-                        source.source.chars().take(64).collect::<String>(),
-                        SOURCES.join(", ")
-                    ),
-                ));
-            }
-            if !(source.weight.is_finite() && source.weight >= 0.0) {
-                return Err(invalid(
-                    "sources",
-                    "weights must be finite and not negative",
-                ));
-            }
+            source.check()?;
         }
         if self.sources.iter().map(|s| s.weight).sum::<f64>() <= 0.0 {
             return Err(invalid(
@@ -193,43 +394,167 @@ impl Plan {
         first..(first + self.shard_size).min(self.count)
     }
 
-    /// Generates shard `shard`: the same output for the same plan, always.
-    pub fn generate(&self, shard: u64) -> Shard {
+    /// What each example of shard `shard` is to be: its split and, for
+    /// every source but `llm`, the example itself; the same for the same
+    /// plan and inputs, always.
+    pub fn draws(&self, shard: u64, inputs: &Inputs) -> Vec<Draw> {
+        let total: f64 = self.sources.iter().map(|s| s.weight).sum();
+        self.range(shard)
+            .map(|index| {
+                let mut rng = StdRng::seed_from_u64(mix(self.seed, index));
+                let eval = rng.random_bool(self.eval_fraction);
+                let source = pick_source(&self.sources, total, &mut rng);
+                let what = match &inputs.sources[source] {
+                    Input::Ready(source) => What::Example(source.draw(&mut rng)),
+                    Input::Llm => What::Ask {
+                        source,
+                        seed: rng.random(),
+                    },
+                };
+                Draw { eval, what }
+            })
+            .collect()
+    }
+
+    /// Generates shard `shard` of a plan with no `llm` source.
+    pub fn generate(&self, shard: u64, inputs: &Inputs) -> Shard {
+        let candidates = self
+            .draws(shard, inputs)
+            .into_iter()
+            .map(|draw| match draw.what {
+                What::Example(example) => Candidate::Example(draw.eval, example),
+                What::Ask { .. } => Candidate::Dropped("no_model".into()),
+            });
+        self.filter(candidates)
+    }
+
+    /// Runs the filters over a shard's examples in order and writes the
+    /// ones kept.
+    pub fn filter(&self, candidates: impl IntoIterator<Item = Candidate>) -> Shard {
+        let filters = &self.filters;
+        let languages: Vec<_> = filters
+            .languages
+            .iter()
+            .filter_map(|code| quality::language(code))
+            .collect();
+        let mut near = (filters.near_duplicates > 0.0)
+            .then(|| quality::NearDuplicates::new(filters.near_duplicates));
         let mut out = Shard::default();
-        let mut seen = std::collections::HashSet::new();
-        for index in self.range(shard) {
-            let mut rng = StdRng::seed_from_u64(mix(self.seed, index));
-            let eval = rng.random_bool(self.eval_fraction);
-            let example = self.draw(&mut rng);
+        let mut seen = HashSet::new();
+        for candidate in candidates {
+            let (eval, example) = match candidate {
+                Candidate::Example(eval, example) => (eval, example),
+                Candidate::Dropped(filter) => {
+                    out.drop(&filter);
+                    continue;
+                }
+            };
             let size = example.instruction.len() + example.input.len() + example.output.len();
-            if example.output.trim().is_empty() {
-                out.drop("empty");
-                continue;
-            }
-            if size < self.filters.min_chars {
-                out.drop("too_short");
-                continue;
-            }
-            if size > self.filters.max_chars {
-                out.drop("too_long");
+            let dropped_by = if example.output.trim().is_empty() {
+                Some("empty")
+            } else if filters.garbled && quality::garbled(&example.output) {
+                Some("garbled")
+            } else if size < filters.min_chars {
+                Some("too_short")
+            } else if size > filters.max_chars {
+                Some("too_long")
+            } else if !languages.is_empty()
+                && !quality::in_languages(&text_of(&example), &languages)
+            {
+                Some("language")
+            } else {
+                None
+            };
+            if let Some(filter) = dropped_by {
+                out.drop(filter);
                 continue;
             }
             let key = dedup_key(&example);
-            if self.filters.dedup && !seen.insert(key) {
+            if filters.dedup && !seen.insert(key) {
                 out.drop("duplicate");
+                continue;
+            }
+            if near
+                .as_mut()
+                .is_some_and(|near| near.check(&text_of(&example)))
+            {
+                out.drop("near_duplicate");
                 continue;
             }
             out.keep(self.format, &example, key, eval);
         }
         out
     }
+}
 
-    /// The next example. `synthetic` is the one source this build has
-    /// (checked by [`Plan::check`]); a weighted pick among sources goes
-    /// here with the second.
-    fn draw(&self, rng: &mut StdRng) -> Example {
-        synthetic::generate(rng)
+/// Prompt and answer together, as the language and near-duplicate
+/// filters read them.
+fn text_of(example: &Example) -> String {
+    format!(
+        "{} {} {}",
+        example.instruction, example.input, example.output
+    )
+}
+
+/// The index of the source example `rng` comes from, by weight.
+fn pick_source(sources: &[SourceWeight], total: f64, rng: &mut StdRng) -> usize {
+    if sources.len() == 1 {
+        return 0;
     }
+    let mut at = rng.random::<f64>() * total;
+    for (index, source) in sources.iter().enumerate() {
+        if at < source.weight {
+            return index;
+        }
+        at -= source.weight;
+    }
+    // Rounding left `at` just past the last weight.
+    sources.iter().rposition(|s| s.weight > 0.0).unwrap_or(0)
+}
+
+/// What a run's sources generate from, one per `sources` entry.
+pub struct Inputs {
+    pub sources: Vec<Input>,
+}
+
+impl Inputs {
+    /// Synthetic alone: what a plan of only `synthetic` needs.
+    pub fn synthetic() -> Self {
+        Self {
+            sources: vec![Input::Ready(Box::new(sources::Synthetic))],
+        }
+    }
+}
+
+/// One source, ready to draw from or answered by a model.
+pub enum Input {
+    Ready(Box<dyn Source>),
+    /// `llm`: the example is written by a model, asynchronously.
+    Llm,
+}
+
+/// One example of a shard, before the filters.
+pub struct Draw {
+    pub eval: bool,
+    pub what: What,
+}
+
+pub enum What {
+    Example(Example),
+    /// A model is asked to write it, with this seed; `source` is the
+    /// index of the run's `llm` entry.
+    Ask {
+        source: usize,
+        seed: u64,
+    },
+}
+
+/// An example for the filters, or the reason there is none.
+pub enum Candidate {
+    Example(bool, Example),
+    /// Counted under this filter name (the model's answer failed
+    /// validation, the budget ran out, ...).
+    Dropped(String),
 }
 
 /// A well-mixed seed for example `index` of a run (SplitMix64).
@@ -308,6 +633,7 @@ mod tests {
             sources: vec![SourceWeight {
                 source: "synthetic".into(),
                 weight: 1.0,
+                ..Default::default()
             }],
         }
     }
@@ -315,8 +641,14 @@ mod tests {
     #[test]
     fn a_shard_is_the_same_bytes_every_time() {
         let plan = plan(5_000, 1_000);
-        assert_eq!(plan.generate(3), plan.generate(3));
-        assert_ne!(plan.generate(3).train, plan.generate(2).train);
+        assert_eq!(
+            plan.generate(3, &Inputs::synthetic()),
+            plan.generate(3, &Inputs::synthetic())
+        );
+        assert_ne!(
+            plan.generate(3, &Inputs::synthetic()).train,
+            plan.generate(2, &Inputs::synthetic()).train
+        );
     }
 
     #[test]
@@ -325,9 +657,9 @@ mod tests {
         assert_eq!(small.shards(), 4);
         assert_eq!(small.range(3), 2_100..2_500);
         let joined: Vec<u8> = (0..small.shards())
-            .flat_map(|s| small.generate(s).train)
+            .flat_map(|s| small.generate(s, &Inputs::synthetic()).train)
             .collect();
-        let whole = plan(2_500, 2_500).generate(0);
+        let whole = plan(2_500, 2_500).generate(0, &Inputs::synthetic());
         // Same examples; only within-shard dedup may differ at the seams.
         let lines = |bytes: &[u8]| bytes.split(|b| *b == b'\n').count();
         assert!(lines(&joined) >= lines(&whole.train));
@@ -337,7 +669,7 @@ mod tests {
     fn every_line_is_json_in_the_chosen_format_and_the_split_holds() {
         let mut plan = plan(2_000, 2_000);
         plan.format = Format::Alpaca;
-        let shard = plan.generate(0);
+        let shard = plan.generate(0, &Inputs::synthetic());
         let train: Vec<serde_json::Value> = shard
             .train
             .split(|b| *b == b'\n')
@@ -378,7 +710,7 @@ mod tests {
     fn repeats_are_dropped_and_counted() {
         let mut tiny = plan(3_000, 3_000);
         tiny.filters.max_chars = 60;
-        let shard = tiny.generate(0);
+        let shard = tiny.generate(0, &Inputs::synthetic());
         assert!(shard.dropped.get("too_long").copied().unwrap_or(0) > 0);
         let mut keys = [shard.train_keys.clone(), shard.eval_keys.clone()].concat();
         let kept = keys.len();

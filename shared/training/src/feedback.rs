@@ -227,6 +227,7 @@ impl Feedback {
                 prompt: r.prompt,
                 target: r.target?,
                 synthetic: false,
+                held_out: false,
             })
         }))
     }
@@ -293,6 +294,7 @@ impl Feedback {
                     prompt: r.prompt,
                     target: r.target?,
                     synthetic: r.synthetic,
+                    held_out: false,
                 })
             })
             .collect();

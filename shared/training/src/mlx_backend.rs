@@ -504,6 +504,7 @@ mod tests {
             prompt: prompt.into(),
             target: target.into(),
             synthetic: false,
+            held_out: false,
         })
         .collect();
         let sequences = TextFormat::from_gguf(gguf)

@@ -53,8 +53,8 @@ pub struct RunView {
     pub id: String,
     pub base_model: String,
     pub status: String,
-    /// `manual` (POST /api/v1/training/runs) or `threshold` (the buffer
-    /// filled up).
+    /// `manual` (POST /api/v1/training/runs), `dataset` (the same, on a
+    /// generated dataset) or `threshold` (the buffer filled up).
     pub trigger: String,
     pub config: Value,
     pub examples: usize,
@@ -117,15 +117,55 @@ pub async fn create(
     if examples.len() < MIN_RUN_EXAMPLES {
         return Err(CreateError::TooFew(examples.len()));
     }
+    insert(&txn, &id, base_model, config, trigger, &examples).await?;
+    txn.commit().await.map_err(anyhow::Error::from)?;
+    // The examples are safe in the run; a failure here only leaves stream
+    // entries whose rows already name a run, which the next take skips.
+    if let Err(err) = feedback.forget(base_model, &entries).await {
+        tracing::warn!(%err, "could not trim the feedback stream");
+    }
+    Ok(get(db, &id).await?.expect("the run was just stored"))
+}
+
+/// Creates a queued run of `base_model` on `examples` given by the caller
+/// (a dataset's train split, with its eval split as held-out examples);
+/// the feedback buffer is left as it is.
+pub async fn create_from(
+    db: &DatabaseConnection,
+    base_model: &str,
+    config: &TrainingConfig,
+    trigger: &str,
+    examples: &[Example],
+) -> Result<RunRow, CreateError> {
+    if let Some(open) = unfinished(db, base_model).await? {
+        return Err(CreateError::Busy(open.id));
+    }
+    if examples.iter().filter(|e| !e.held_out).count() < MIN_RUN_EXAMPLES {
+        return Err(CreateError::TooFew(examples.len()));
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    insert(db, &id, base_model, config, trigger, examples).await?;
+    Ok(get(db, &id).await?.expect("the run was just stored"))
+}
+
+/// Stores a queued run.
+async fn insert(
+    db: &impl ConnectionTrait,
+    id: &str,
+    base_model: &str,
+    config: &TrainingConfig,
+    trigger: &str,
+    examples: &[Example],
+) -> anyhow::Result<()> {
     let now = now_ms() as i64;
     let row = runs::ActiveModel {
-        id: Set(id.clone()),
+        id: Set(id.to_string()),
         base_model: Set(base_model.to_string()),
         status: Set(status::QUEUED.into()),
         trigger: Set(trigger.into()),
-        config: Set(serde_json::to_string(config).map_err(anyhow::Error::from)?),
+        config: Set(serde_json::to_string(config)?),
         synthetic_examples: Set(examples.iter().filter(|e| e.synthetic).count() as i32),
-        examples: Set(serde_json::to_string(&examples).map_err(anyhow::Error::from)?),
+        examples: Set(serde_json::to_string(&examples)?),
         lease_owner: Set(None),
         lease_expires_ms: Set(None),
         attempts: Set(0),
@@ -139,17 +179,8 @@ pub async fn create(
         updated_at_ms: Set(now),
         finished_at_ms: Set(None),
     };
-    runs::Entity::insert(row)
-        .exec(&txn)
-        .await
-        .map_err(anyhow::Error::from)?;
-    txn.commit().await.map_err(anyhow::Error::from)?;
-    // The examples are safe in the run; a failure here only leaves stream
-    // entries whose rows already name a run, which the next take skips.
-    if let Err(err) = feedback.forget(base_model, &entries).await {
-        tracing::warn!(%err, "could not trim the feedback stream");
-    }
-    Ok(get(db, &id).await?.expect("the run was just stored"))
+    runs::Entity::insert(row).exec(db).await?;
+    Ok(())
 }
 
 /// The queued or running run of `base_model`, if any.

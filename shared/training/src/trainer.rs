@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::Context;
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -499,15 +500,39 @@ fn train_blocking(
         config,
         start_from,
     } = job;
-    let sequences = TextFormat::from_gguf(gguf)?.encode(examples, config.max_seq_len)?;
-    anyhow::ensure!(
-        sequences.len() >= runs::MIN_RUN_EXAMPLES,
-        "only {} of the run's {} examples fit in max_seq_len {}",
-        sequences.len(),
-        examples.len(),
-        config.max_seq_len
-    );
-    let (train_set, eval_set) = data::split(sequences, config.eval_fraction, config.seed);
+    let format = TextFormat::from_gguf(gguf)?;
+    let (train_set, eval_set) = match examples.iter().any(|e| e.held_out) {
+        // A dataset's own eval split.
+        true => {
+            let (eval, train): (Vec<data::Example>, Vec<data::Example>) =
+                examples.iter().cloned().partition(|e| e.held_out);
+            let train_set = format.encode(&train, config.max_seq_len)?;
+            let eval_set = format.encode(&eval, config.max_seq_len)?;
+            anyhow::ensure!(
+                !train_set.is_empty() && !eval_set.is_empty(),
+                "of the run's {} training and {} held-out examples, {} and {} fit in max_seq_len {}",
+                train.len(),
+                eval.len(),
+                train_set.len(),
+                eval_set.len(),
+                config.max_seq_len
+            );
+            let mut train_set = train_set;
+            train_set.shuffle(&mut StdRng::seed_from_u64(config.seed));
+            (train_set, eval_set)
+        }
+        false => {
+            let sequences = format.encode(examples, config.max_seq_len)?;
+            anyhow::ensure!(
+                sequences.len() >= runs::MIN_RUN_EXAMPLES,
+                "only {} of the run's {} examples fit in max_seq_len {}",
+                sequences.len(),
+                examples.len(),
+                config.max_seq_len
+            );
+            data::split(sequences, config.eval_fraction, config.seed)
+        }
+    };
     let mut backend = crate::open_backend(kind, gguf, base_model, config, start_from)?;
     let stopped = "stopped";
     let result = backend::train(backend.as_mut(), &train_set, &eval_set, config, &mut |p| {

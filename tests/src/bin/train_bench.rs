@@ -112,6 +112,7 @@ fn read_examples(path: &PathBuf) -> anyhow::Result<Vec<Example>> {
             prompt: value["prompt"].as_str().context("prompt")?.to_string(),
             target: value["response"].as_str().context("response")?.to_string(),
             synthetic: false,
+            held_out: false,
         });
     }
     Ok(examples)

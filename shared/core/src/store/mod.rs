@@ -8,6 +8,7 @@ pub mod campaign_entity;
 pub mod campaign_result_entity;
 pub mod campaign_url_entity;
 pub mod dataset_entity;
+pub mod dataset_material_entity;
 pub mod dataset_shard_entity;
 pub mod feedback_entity;
 pub mod model_history_entity;
