@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (Debian/Ubuntu packages) and starts what the test suite needs,
 # where it is missing: a C compiler, pip (for fetch-models.sh), chromium and
-# Node.js (the console's browser tests), Redis on 127.0.0.1:6379 and PostgreSQL on
+# Node.js (the console's browser tests), Prometheus, docker-compose and
+# systemd-analyze (the deploy tests), Redis on 127.0.0.1:6379 and PostgreSQL on
 # 127.0.0.1:5432 with user postgres / password postgres.
 set -euo pipefail
 
@@ -21,6 +22,13 @@ python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+# The deploy tests (tests/tests/deploy.rs): the real Prometheus server and
+# promtool, docker-compose to read the compose stack, systemd-analyze to
+# verify the units.
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq

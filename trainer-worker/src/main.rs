@@ -18,7 +18,7 @@ use orchestrator_core::{
 use orchestrator_training::{
     TrainerConfig,
     backend::Progress,
-    runs::RunRow,
+    runs::{RunRow, status},
     trainer::{Observer, Trainer},
 };
 use tokio_util::sync::CancellationToken;
@@ -65,6 +65,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|raw| parse_socket_addr("ORCH_METRICS_ADDR", raw))
         .transpose()?;
     metrics::install();
+    // Every outcome is exported from the start, at zero: Prometheus'
+    // increase() sees a first failure as an increase, not as a new series.
+    metrics::register_at_zero(
+        metrics::TRAINING_RUNS,
+        "outcome",
+        &[
+            status::PROMOTED,
+            "candidate",
+            status::REJECTED,
+            status::FAILED,
+        ],
+    );
     if cli.common.is_embedded() {
         tracing::warn!(
             "no ORCH_REDIS_URL: an API process sharing this store hears of new adapters \

@@ -11,6 +11,8 @@ pub const JOB_DURATION: &str = "orchestrator_job_duration_seconds";
 pub const QUEUE_DEPTH: &str = "orchestrator_queue_depth";
 pub const WORKERS_ACTIVE: &str = "orchestrator_workers_active";
 pub const LLM_TOKENS: &str = "orchestrator_llm_tokens_total";
+pub const LLM_REQUEST_DURATION: &str = "orchestrator_llm_request_duration_seconds";
+pub const LLM_REQUEST_COST: &str = "orchestrator_llm_request_cost_dollars";
 pub const TRAINING_RUNS: &str = "orchestrator_training_runs_total";
 pub const TRAINING_LOSS: &str = "orchestrator_training_loss";
 pub const TRAINING_TOKENS_PER_SEC: &str = "orchestrator_training_tokens_per_second";
@@ -31,6 +33,16 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0,
 ];
 
+/// Histogram buckets for one model call: a cached local answer (tens of
+/// milliseconds) to a long generation at its timeout (minutes).
+const LLM_DURATION_BUCKETS: &[f64] = &[
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Histogram buckets for the price of one model call in dollars: free
+/// (local) to a long answer from an expensive model.
+const LLM_COST_BUCKETS: &[f64] = &[0.0, 0.000_01, 0.000_1, 0.001, 0.01, 0.1, 1.0];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once and returns the handle that
@@ -40,6 +52,18 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(JOB_DURATION.into()), DURATION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(LLM_REQUEST_DURATION.into()),
+                        LLM_DURATION_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(LLM_REQUEST_COST.into()),
+                        LLM_COST_BUCKETS,
+                    )
+                })
                 .expect("valid buckets")
                 .install_recorder()
                 .expect("install the Prometheus recorder");
@@ -53,6 +77,14 @@ fn describe() {
     metrics::describe_counter!(
         LLM_TOKENS,
         "Tokens through language models, by model and direction (input, output)."
+    );
+    metrics::describe_histogram!(
+        LLM_REQUEST_DURATION,
+        "Time one model call took to answer in full, by model."
+    );
+    metrics::describe_histogram!(
+        LLM_REQUEST_COST,
+        "Price of one model call in dollars (its tokens at the registry's costs), by model."
     );
     metrics::describe_counter!(
         TRAINING_RUNS,
@@ -105,18 +137,30 @@ fn describe() {
     metrics::describe_gauge!(WORKERS_ACTIVE, "Jobs being run right now by this process.");
 }
 
+/// Registers counter `name` at zero for each value of `label`, so that it
+/// is exported before anything happens: Prometheus' `increase()` then sees
+/// a first event as an increase instead of as a series that appeared.
+pub fn register_at_zero(name: &'static str, label: &'static str, values: &[&'static str]) {
+    for value in values {
+        metrics::counter!(name, label => *value).increment(0);
+    }
+}
+
 /// Serves the Prometheus text format; used by the API and by worker
 /// processes' own listeners.
 pub async fn render() -> String {
     install().render()
 }
 
-/// A minimal `/metrics` server for worker processes.
+/// A minimal server for worker and trainer processes: `/metrics`, and
+/// `/health` (the process is up and answering) for liveness probes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    let app = axum::Router::new().route("/metrics", axum::routing::get(render));
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(render))
+        .route("/health", axum::routing::get(|| async { "ok" }));
     tracing::info!(
         "metrics listening on http://{}/metrics",
         listener.local_addr()?

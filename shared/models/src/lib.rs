@@ -35,7 +35,7 @@ pub use scheduler::{History, OptimizationTarget, Plan};
 
 use crate::adapters::AdapterRow;
 use orchestrator_core::{
-    metrics::LLM_TOKENS,
+    metrics::{LLM_REQUEST_COST, LLM_REQUEST_DURATION, LLM_TOKENS},
     now_ms,
     store::{model_history_entity as history, workflow_task_entity as tasks},
 };
@@ -259,10 +259,15 @@ impl Models {
             .increment(completion.prompt_tokens as u64);
         metrics::counter!(LLM_TOKENS, "model" => spec.id.clone(), "direction" => "output")
             .increment(completion.completion_tokens as u64);
+        let cost = spec.cost(completion.prompt_tokens, completion.completion_tokens);
+        let latency = started.elapsed();
+        metrics::histogram!(LLM_REQUEST_DURATION, "model" => spec.id.clone())
+            .record(latency.as_secs_f64());
+        metrics::histogram!(LLM_REQUEST_COST, "model" => spec.id.clone()).record(cost);
         Ok(Answer {
             model: spec.id.clone(),
-            cost: spec.cost(completion.prompt_tokens, completion.completion_tokens),
-            latency_ms: started.elapsed().as_millis() as u64,
+            cost,
+            latency_ms: latency.as_millis() as u64,
             completion,
         })
     }
