@@ -194,6 +194,10 @@ async fn bad_requests_name_the_field_and_create_nothing() {
             json!({"name": "x", "count": 10, "shard_size": 0}),
             "shard_size",
         ),
+        (
+            json!({"name": "x", "count": 10_000_000, "shard_size": 999}),
+            "at least 1000",
+        ),
         (json!({"name": " ", "count": 10}), "name"),
         (
             json!({"name": "x", "count": 10, "format": "yaml"}),

@@ -26,6 +26,9 @@ use sources::Source;
 pub const MAX_COUNT: u64 = 10_000_000;
 /// Most examples in one shard.
 pub const MAX_SHARD_SIZE: u64 = 100_000;
+/// Most shards (jobs) in one run: a run of 10,000,000 examples has shards
+/// of at least 1,000.
+pub const MAX_SHARDS: u64 = 10_000;
 
 /// One generated example, before it is written in a format.
 #[derive(Debug, Clone, PartialEq)]
@@ -336,6 +339,17 @@ impl Plan {
             return Err(invalid(
                 "shard_size",
                 format!("must be 1 to {MAX_SHARD_SIZE}"),
+            ));
+        }
+        if self.shards() > MAX_SHARDS {
+            return Err(invalid(
+                "shard_size",
+                format!(
+                    "{} shards of {}: a run has at most {MAX_SHARDS} shards, so shard_size must be at least {}",
+                    self.shards(),
+                    self.shard_size,
+                    self.count.div_ceil(MAX_SHARDS)
+                ),
             ));
         }
         if !(0.0..=0.5).contains(&self.eval_fraction) {
