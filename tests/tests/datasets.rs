@@ -34,6 +34,17 @@ async fn export(api: &Api, id: &str, split: &str) -> String {
     response.text().await.unwrap()
 }
 
+/// Examples a run has drawn: those kept and those each filter dropped.
+fn examples_seen(run: &Value) -> u64 {
+    let dropped: u64 = run["dropped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    run["kept"].as_u64().unwrap() + dropped
+}
+
 async fn create(api: &Api, body: Value) -> Value {
     let (code, run) = api.post("/api/v1/datasets", &body).await;
     assert_eq!(code, StatusCode::CREATED, "{run}");
@@ -51,13 +62,7 @@ async fn a_run_is_generated_in_shards_and_exported_without_repeats() {
     let id = run["id"].as_str().unwrap().to_string();
     let run = wait_for_status(&api, &id, "completed", Duration::from_secs(60)).await;
     assert_eq!(run["shards_done"], 4, "{run}");
-    let dropped: u64 = run["dropped"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(run["kept"].as_u64().unwrap() + dropped, 20_000, "{run}");
+    assert_eq!(examples_seen(&run), 20_000, "{run}");
     assert_eq!(run["families"].as_object().unwrap().len(), 8, "{run}");
     assert_eq!(run["sources"]["synthetic"], run["kept"], "{run}");
 
@@ -365,13 +370,7 @@ async fn packs_and_feedback_are_read_as_they_were_when_the_run_was_created() {
     // repeats of a handful of records.
     assert!(run["dropped"]["language"].as_u64().unwrap() > 0, "{run}");
     assert!(run["dropped"]["duplicate"].as_u64().unwrap() > 400, "{run}");
-    let dropped: u64 = run["dropped"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(run["kept"].as_u64().unwrap() + dropped, 600, "{run}");
+    assert_eq!(examples_seen(&run), 600, "{run}");
 
     let pairs = examples(&api, &id).await;
     assert!(!pairs.is_empty());
@@ -493,13 +492,7 @@ async fn a_local_model_writes_and_checks_examples_within_its_token_budget() {
     .await;
     let id = run["id"].as_str().unwrap().to_string();
     let run = wait_for_status(&api, &id, "completed", Duration::from_secs(300)).await;
-    let dropped: u64 = run["dropped"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(run["kept"].as_u64().unwrap() + dropped, 2, "{run}");
+    assert_eq!(examples_seen(&run), 2, "{run}");
     assert!(run["llm_tokens"].as_u64().unwrap() > 50, "{run}");
     assert!(run["llm_tokens"].as_u64().unwrap() <= 20_000, "{run}");
     assert!(run["llm_tokens_per_s"].as_f64().unwrap() > 0.0, "{run}");

@@ -234,7 +234,6 @@ fn fields_of(source: &str) -> &'static [&'static str] {
 impl SourceWeight {
     /// The optional fields this entry sets, by name.
     fn set_fields(&self) -> Vec<&'static str> {
-        let mut set = Vec::new();
         let pairs = [
             ("campaign", self.campaign.is_some()),
             ("pack", self.pack.is_some()),
@@ -244,12 +243,11 @@ impl SourceWeight {
             ("seed_prompts", self.seed_prompts.is_some()),
             ("max_answer_tokens", self.max_answer_tokens.is_some()),
         ];
-        for (name, present) in pairs {
-            if present {
-                set.push(name);
-            }
-        }
-        set
+        pairs
+            .into_iter()
+            .filter(|(_, present)| *present)
+            .map(|(name, _)| name)
+            .collect()
     }
 
     fn check(&self) -> Result<(), PlanError> {
@@ -280,13 +278,13 @@ impl SourceWeight {
                 format!("{name} takes no {extra:?} field"),
             ));
         }
-        let required = match name {
-            "campaign" => self.campaign.as_deref().map(|_| ()).ok_or("campaign"),
-            "context_pack" => self.pack.as_deref().map(|_| ()).ok_or("pack"),
-            "llm" => self.model.as_deref().map(|_| ()).ok_or("model"),
-            _ => Ok(()),
+        let missing = match name {
+            "campaign" if self.campaign.is_none() => Some("campaign"),
+            "context_pack" if self.pack.is_none() => Some("pack"),
+            "llm" if self.model.is_none() => Some("model"),
+            _ => None,
         };
-        if let Err(field) = required {
+        if let Some(field) = missing {
             return Err(invalid(
                 "sources",
                 format!("{name} needs {field:?}: which one to use"),

@@ -63,19 +63,20 @@ impl Budget {
     }
 }
 
-/// Writes one example with `entry`'s model (and validator), or says why
-/// there is none.
+/// Writes one example (of the eval split when `eval`) with `entry`'s model
+/// and validator, or says why there is none.
 pub async fn write(
     models: &Models,
     entry: &SourceWeight,
     seed: u64,
+    eval: bool,
     budget: &mut Budget,
 ) -> Candidate {
     if budget.left == 0 {
         return Candidate::Dropped("budget".into());
     }
     let started = Instant::now();
-    let result = self_instruct(models, entry, seed, budget).await;
+    let result = self_instruct(models, entry, seed, eval, budget).await;
     budget.seconds += started.elapsed().as_secs_f64();
     match result {
         Ok(candidate) => candidate,
@@ -90,6 +91,7 @@ async fn self_instruct(
     models: &Models,
     entry: &SourceWeight,
     seed: u64,
+    eval: bool,
     budget: &mut Budget,
 ) -> anyhow::Result<Candidate> {
     let model = entry.model.as_deref().expect("checked: llm names a model");
@@ -149,7 +151,7 @@ async fn self_instruct(
         }
     }
     Ok(Candidate::Example(
-        false,
+        eval,
         Example {
             source: "llm".into(),
             family: "self_instruct".into(),

@@ -352,15 +352,7 @@ impl Datasets {
     /// Stops a running run: shards not yet generated are skipped; those
     /// done stay. `None` when there is no such run.
     pub async fn cancel(&self, id: &str) -> Result<Option<DatasetView>, DatasetError> {
-        let now = now_ms() as i64;
-        datasets::Entity::update_many()
-            .col_expr(datasets::Column::Status, "cancelled".into())
-            .col_expr(datasets::Column::UpdatedAtMs, now.into())
-            .col_expr(datasets::Column::FinishedAtMs, Some(now).into())
-            .filter(datasets::Column::Id.eq(id))
-            .filter(datasets::Column::Status.eq("running"))
-            .exec(&self.db)
-            .await?;
+        finish(&self.db, id, "cancelled", None).await?;
         self.view(id).await
     }
 
@@ -607,10 +599,7 @@ impl ShardJob {
                     let budget = budgets
                         .entry(source)
                         .or_insert_with(|| llm::Budget::share(entry, plan.shards()));
-                    match llm::write(&self.models, entry, seed, budget).await {
-                        Candidate::Example(_, example) => Candidate::Example(draw.eval, example),
-                        dropped => dropped,
-                    }
+                    llm::write(&self.models, entry, seed, draw.eval, budget).await
                 }
             };
             candidates.push(candidate);
@@ -691,21 +680,34 @@ impl ShardJob {
         }
         let keys = shard_keys(&self.db, id).await?;
         let summary = tokio::task::spawn_blocking(move || summarize(&keys)).await?;
-        let now = now_ms() as i64;
-        datasets::Entity::update_many()
-            .col_expr(datasets::Column::Status, "completed".into())
-            .col_expr(
-                datasets::Column::Summary,
-                Some(serde_json::to_string(&summary)?).into(),
-            )
-            .col_expr(datasets::Column::UpdatedAtMs, now.into())
-            .col_expr(datasets::Column::FinishedAtMs, Some(now).into())
-            .filter(datasets::Column::Id.eq(id))
-            .filter(datasets::Column::Status.eq("running"))
-            .exec(&self.db)
-            .await?;
+        let summary = serde_json::to_string(&summary)?;
+        finish(&self.db, id, "completed", Some(summary)).await?;
         Ok(())
     }
+}
+
+/// Ends a run that is still running as `status` (one already ended keeps
+/// how it ended), with its summary when it has one.
+async fn finish(
+    db: &DatabaseConnection,
+    id: &str,
+    status: &str,
+    summary: Option<String>,
+) -> Result<(), sea_orm::DbErr> {
+    let now = now_ms() as i64;
+    let mut update = datasets::Entity::update_many()
+        .col_expr(datasets::Column::Status, status.into())
+        .col_expr(datasets::Column::UpdatedAtMs, now.into())
+        .col_expr(datasets::Column::FinishedAtMs, Some(now).into());
+    if let Some(summary) = summary {
+        update = update.col_expr(datasets::Column::Summary, Some(summary).into());
+    }
+    update
+        .filter(datasets::Column::Id.eq(id))
+        .filter(datasets::Column::Status.eq("running"))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// A generated shard as its store row (without its ids).
