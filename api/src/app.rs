@@ -27,8 +27,8 @@ use crate::{
     guard::{self, AllowedHosts},
     limits::Limits,
     routes::{
-        campaigns, chat, compat, datasets, dead, events, fleet, health, jobs, models, packs,
-        queues, status, system, training, workflows,
+        campaigns, chat, compat, datasets, dead, events, external, fleet, health, jobs, models,
+        packs, queues, schedules, status, system, training, workflows,
     },
     state::AppState,
 };
@@ -50,11 +50,15 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
     paths(
         health::health, health::ready, health::metrics, openapi_json,
         crate::console::index, crate::console::asset,
-        jobs::push_job, jobs::push_batch, jobs::get_job,
-        queues::list_queues, queues::pause, queues::resume, queues::update,
+        jobs::push_job, jobs::push_batch, jobs::get_job, jobs::cancel_job,
+        queues::list_queues, queues::create, queues::pause, queues::resume, queues::update,
+        queues::purge,
+        external::lease, external::heartbeat, external::ack, external::fail, external::progress,
         dead::list, dead::requeue, dead::requeue_job,
+        schedules::create, schedules::list, schedules::get_schedule, schedules::pause,
+        schedules::resume, schedules::delete,
         packs::create, packs::list, packs::get_pack, packs::reindex, packs::search, packs::delete,
-        workflows::create, workflows::get_workflow, workflows::watch, models::list, fleet::list,
+        workflows::create, workflows::get_workflow, workflows::cancel, workflows::watch, models::list, fleet::list,
         status::get_status, system::stop, system::start, events::websocket, events::server_sent,
         models::list_openai, chat::complete,
         training::feedback, training::create_run, training::list_runs, training::get_run,
@@ -263,6 +267,21 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
             limited_intake(BATCH_BODY_LIMIT),
         )
         .add(Method::GET, "/api/v1/jobs/{id}", jobs::get_job)
+        .add(Method::POST, "/api/v1/jobs/{id}/cancel", jobs::cancel_job)
+        // Ending and renewing leases goes on while the system stops (held
+        // jobs finish); only new leases are refused then.
+        .add(
+            Method::POST,
+            "/api/v1/jobs/{id}/heartbeat",
+            external::heartbeat,
+        )
+        .add(Method::POST, "/api/v1/jobs/{id}/ack", external::ack)
+        .add(Method::POST, "/api/v1/jobs/{id}/fail", external::fail)
+        .add(
+            Method::POST,
+            "/api/v1/jobs/{id}/progress",
+            external::progress,
+        )
         .add_with(
             Method::POST,
             "/api/v1/jobs/{id}/requeue",
@@ -270,10 +289,36 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
             intake,
         )
         .add(Method::GET, "/api/v1/queues", queues::list_queues)
+        .add(Method::POST, "/api/v1/queues", queues::create)
+        .add_with(
+            Method::POST,
+            "/api/v1/queues/{name}/lease",
+            external::lease,
+            intake,
+        )
+        .add(Method::POST, "/api/v1/queues/{name}/purge", queues::purge)
         .add(Method::PATCH, "/api/v1/queues/{name}", queues::update)
         .add(Method::POST, "/api/v1/queues/{name}/pause", queues::pause)
         .add(Method::POST, "/api/v1/queues/{name}/resume", queues::resume)
         .add(Method::GET, "/api/v1/queues/{name}/dead", dead::list)
+        .add(Method::POST, "/api/v1/schedules", schedules::create)
+        .add(Method::GET, "/api/v1/schedules", schedules::list)
+        .add(
+            Method::GET,
+            "/api/v1/schedules/{id}",
+            schedules::get_schedule,
+        )
+        .add(Method::DELETE, "/api/v1/schedules/{id}", schedules::delete)
+        .add(
+            Method::POST,
+            "/api/v1/schedules/{id}/pause",
+            schedules::pause,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/schedules/{id}/resume",
+            schedules::resume,
+        )
         .add_with(
             Method::POST,
             "/api/v1/queues/{name}/dead/requeue",
@@ -305,6 +350,11 @@ fn routes(keys: ApiKeys, limits: Limits) -> Routes {
             Method::GET,
             "/api/v1/workflows/{id}",
             workflows::get_workflow,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/workflows/{id}/cancel",
+            workflows::cancel,
         )
         .add(Method::GET, "/api/v1/models", models::list)
         .add(Method::GET, "/api/v1/fleet", fleet::list)

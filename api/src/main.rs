@@ -11,8 +11,10 @@ mod lifecycle;
 mod limits;
 mod live;
 mod routes;
+mod schedules;
 mod state;
 mod status;
+mod targets;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -181,6 +183,8 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     let opening = std::time::Instant::now();
     let services = orchestrator_bootstrap::open(&cli.common).await?;
     let (store, backend, handlers) = (services.store, services.queue, services.handlers);
+    let http_handlers =
+        orchestrator_bootstrap::http_handlers(&cli.common, &store, &services.deliveries).await?;
     // The registry is the source of truth for paused flags; a fresh Redis
     // must learn them again.
     for settings in store.queues().await? {
@@ -198,7 +202,11 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
 
     let shutdown_token = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown_token.clone());
-    let queue_names: Vec<String> = handlers.iter().map(|h| h.queue().to_string()).collect();
+    let queue_names: Vec<String> = handlers
+        .iter()
+        .chain(&http_handlers)
+        .map(|h| h.queue().to_string())
+        .collect();
     fleet::spawn_depth_sampler(backend.clone(), queue_names.clone(), shutdown_token.clone());
 
     let serves = match embedded && !cli.no_workers {
@@ -234,6 +242,19 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         shutdown_token.clone(),
     );
 
+    // HTTP targets: in embedded mode their workers run here, for every
+    // http queue of the registry now and for each one created later.
+    let mut targets =
+        targets::Targets::new(orchestrator_bootstrap::signing_secret(&cli.common).is_some());
+    if embedded && !cli.no_workers {
+        targets = targets.with_workers(
+            backend.clone(),
+            services.deliveries.clone(),
+            cli.common.lease(),
+            shutdown_token.clone(),
+        );
+    }
+    targets.run(orchestrator_bootstrap::assignments(&store, &http_handlers, None).await?);
     let mut workers = tokio::task::JoinSet::new();
     if embedded && !cli.no_workers {
         let assignments = orchestrator_bootstrap::assignments(&store, &handlers, None).await?;
@@ -304,9 +325,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     );
     let state = AppState {
         auth_required: keys.is_enabled(),
+        targets: Arc::new(targets),
         ..state
     };
+    let state_targets = state.targets.clone();
     tokio::spawn(lifecycle::boot(state.clone(), opening.elapsed()));
+    schedules::spawn(state.clone(), shutdown_token.clone());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -317,6 +341,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
     orchestrator_bootstrap::join_workers(workers).await?;
+    state_targets.join().await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

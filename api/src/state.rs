@@ -10,14 +10,16 @@ use orchestrator_queue::{JobHandler, QueueBackend};
 use orchestrator_training::{TrainingConfig, feedback::Feedback};
 use orchestrator_workflow::Workflows;
 
-use crate::{lifecycle::Lifecycle, limits::Limits, live::Live, status::StatusCache};
+use crate::{
+    lifecycle::Lifecycle, limits::Limits, live::Live, status::StatusCache, targets::Targets,
+};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub queue: Arc<dyn QueueBackend>,
     /// Handlers of the queues jobs may be pushed to, by queue name.
-    pub handlers: Arc<HashMap<&'static str, Arc<dyn JobHandler>>>,
+    pub handlers: Arc<HashMap<String, Arc<dyn JobHandler>>>,
     pub memory: Arc<Memory>,
     pub workflows: Arc<Workflows>,
     /// Directories context packs may be read from (ORCH_INDEX_ROOTS).
@@ -41,6 +43,8 @@ pub struct AppState {
     pub live: Live,
     /// Whether API keys are required (told by `GET /health`).
     pub auth_required: bool,
+    /// Signing and in-process workers of HTTP targets.
+    pub targets: Arc<Targets>,
 }
 
 /// The services behind the memory, workflow, campaign and fleet routes.
@@ -75,7 +79,12 @@ impl AppState {
         Self {
             store,
             queue,
-            handlers: Arc::new(handlers.into_iter().map(|h| (h.queue(), h)).collect()),
+            handlers: Arc::new(
+                handlers
+                    .into_iter()
+                    .map(|h| (h.queue().to_string(), h))
+                    .collect(),
+            ),
             memory: domains.memory,
             workflows: domains.workflows,
             index_roots: Arc::new(index_roots),
@@ -90,6 +99,7 @@ impl AppState {
             lifecycle: domains.lifecycle,
             live: domains.live,
             auth_required: false,
+            targets: Arc::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ bash deploy/scripts/test-services.sh
 ORCH_MODELS_DIR="$PWD/models" bash deploy/scripts/fetch-models.sh
 # playwright-core, pinned in tests/console/package-lock.json, drives chromium.
 npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
-cargo build --workspace --bins --tests
+cargo build --workspace --bins --tests --examples
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

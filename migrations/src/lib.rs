@@ -12,6 +12,8 @@ mod m20261124_000005_create_campaigns;
 mod m20261130_000006_create_adapter_files;
 mod m20261130_000007_create_datasets;
 mod m20261130_000008_create_dataset_materials;
+mod m20261130_000009_queue_kinds;
+mod m20261130_000010_create_schedules;
 
 pub struct Migrator;
 
@@ -27,6 +29,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_create_adapter_files::Migration),
             Box::new(m20261130_000007_create_datasets::Migration),
             Box::new(m20261130_000008_create_dataset_materials::Migration),
+            Box::new(m20261130_000009_queue_kinds::Migration),
+            Box::new(m20261130_000010_create_schedules::Migration),
         ]
     }
 }

@@ -67,13 +67,32 @@ pub fn binary(name: &str) -> PathBuf {
             // dev-dependencies into feature resolution, so without it the
             // binaries would be rebuilt with other features (and rebuilt
             // again by the next test build).
-            .args(["build", "--quiet", "--workspace", "--bins", "--tests"])
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--bins",
+                "--tests",
+                "--examples",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build for the binaries under test");
         assert!(status.success(), "building the binaries under test failed");
     });
     let path = target_dir().join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing after the build",
+        path.display()
+    );
+    path
+}
+
+/// An example program of the workspace (built with the binaries).
+pub fn example(name: &str) -> PathBuf {
+    binary("orchestrator-api");
+    let path = target_dir().join("debug").join("examples").join(name);
     assert!(
         path.exists(),
         "{} is missing after the build",
@@ -210,7 +229,22 @@ impl Setup {
     }
 
     fn command(&self, binary: &str) -> Command {
-        let mut cmd = Command::new(crate::binary(binary));
+        self.command_at(&crate::binary(binary))
+    }
+
+    /// Starts the program at `path` (an example) with this setup's
+    /// environment.
+    pub fn spawn_program(&self, path: &Path, args: &[&str]) -> Process {
+        let child = self
+            .command_at(path)
+            .args(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
+        Process(Some(child))
+    }
+
+    fn command_at(&self, path: &Path) -> Command {
+        let mut cmd = Command::new(path);
         // Only what the test sets: no ORCH_* leaking in from the shell.
         for (key, _) in std::env::vars() {
             if key.starts_with("ORCH_") || key == "DATABASE_URL" || key == "QDRANT_URL" {

@@ -626,3 +626,80 @@ async fn ready_tasks_whose_push_was_lost_are_queued_at_the_next_start() {
     assert_eq!(workflow["status"], "completed", "{workflow:#}");
     assert_eq!(fake.calls().len(), 3);
 }
+
+#[tokio::test]
+async fn cancelling_a_workflow_stops_its_running_tasks_and_skips_the_rest() {
+    let fake = FakeLlm::start().await;
+    let setup = setup(
+        Backend::Embedded,
+        &remote("sleepy", &fake.base_url(), "sleepy", 0.9),
+    );
+    let api = setup.start_api(&[]).await;
+    let id = create(&api, json!({"description": "cancel me", "type": "general"})).await;
+    // The two first steps are calling the model (3 s each).
+    let deadline = tokio::time::Instant::now() + FAKE_WAIT;
+    loop {
+        let (_, workflow) = api.get(&format!("/api/v1/workflows/{id}")).await;
+        let running = workflow["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"] == "running")
+            .count();
+        if running == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{workflow:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, workflow) = api
+        .post(&format!("/api/v1/workflows/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{workflow}");
+    assert_eq!(workflow["status"], "cancelled", "{workflow:#}");
+    // A step whose answer came back first may be done; the join (which
+    // needs both) and every unfinished step are cancelled.
+    let tasks = workflow["tasks"].as_array().unwrap();
+    for task in tasks {
+        let status = task["status"].as_str().unwrap();
+        assert!(["cancelled", "done"].contains(&status), "{workflow:#}");
+    }
+    let join = tasks.iter().find(|t| t["name"] == "join").unwrap();
+    assert_eq!(join["status"], "cancelled", "{workflow:#}");
+    let running_then = tasks
+        .iter()
+        .filter(|t| t["name"] != "join" && t["status"] == "cancelled")
+        .count();
+    assert!(
+        running_then >= 1,
+        "no running step was stopped: {workflow:#}"
+    );
+    // Long after the model would have answered, the join never ran and
+    // nothing came back to life.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let combines = fake
+        .calls()
+        .iter()
+        .filter(|c| c.user.contains("Combine"))
+        .count();
+    assert_eq!(combines, 0, "a task of the cancelled workflow ran");
+    let (_, workflow) = api.get(&format!("/api/v1/workflows/{id}")).await;
+    assert_eq!(workflow["status"], "cancelled", "{workflow:#}");
+    let queue = api.queue("inference").await;
+    assert_eq!(queue["running"], 0, "{queue}");
+    assert!(
+        queue["cancelled"].as_u64().unwrap() >= running_then as u64,
+        "{queue}"
+    );
+    let (status, body) = api
+        .post(&format!("/api/v1/workflows/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = api
+        .post(
+            &format!("/api/v1/workflows/{}/cancel", uuid::Uuid::now_v7()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -23,7 +23,8 @@ struct Cli {
     #[command(flatten)]
     common: CommonConfig,
 
-    /// Queues to serve, comma-separated (e.g. noop).
+    /// Queues to serve, comma-separated: built-in ones (e.g. noop,callbacks)
+    /// and `http` queues of the registry.
     #[arg(long, value_delimiter = ',', group = "work")]
     queues: Vec<String>,
 
@@ -81,18 +82,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
              (in embedded mode the API runs campaign workers itself)"
         );
     }
-    for name in &cli.queues {
-        if !orchestrator_bootstrap::QUEUES.contains(&name.as_str()) {
-            bail!(
-                "--queues: unknown queue {name:?} (this worker serves: {})",
-                orchestrator_bootstrap::QUEUES.join(", ")
-            );
-        }
-    }
+    // Built-in queues need nothing but their name; the others are looked
+    // up in the registry once the store is open.
     let needs_store = cli
         .queues
         .iter()
-        .find(|q| *q != "noop")
+        .find(|q| !matches!(q.as_str(), "noop" | "callbacks"))
         .map(|q| format!("the {q} queue"))
         .or(serves_campaigns.then(|| "a campaign".to_string()));
     if let Some(work) = needs_store {
@@ -108,11 +103,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let services = orchestrator_bootstrap::open(&cli.common).await?;
     let (store, backend) = (services.store, services.queue);
-    let assignments: Vec<_> = services
+    let mut assignments: Vec<_> = services
         .handlers
         .into_iter()
         .filter(|h| cli.queues.iter().any(|q| q == h.queue()))
         .collect();
+    let mut delivers = cli.queues.iter().any(|q| q == "callbacks");
+    for name in &cli.queues {
+        if !orchestrator_bootstrap::QUEUES.contains(&name.as_str()) {
+            assignments.push(registry_queue(&store, name, &services.deliveries).await?);
+            delivers = true;
+        }
+    }
+    if delivers && orchestrator_bootstrap::signing_secret(&cli.common).is_none() {
+        bail!(
+            "ORCH_SIGNING_SECRET is not set: http queues and callbacks send signed requests \
+             (set the secret the API has)"
+        );
+    }
 
     let shutdown_token = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown_token.clone());
@@ -158,4 +166,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     orchestrator_bootstrap::join_workers(workers).await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The handler of `--queues` entry `name` that is no built-in queue: an
+/// `http` queue of the registry.
+async fn registry_queue(
+    store: &orchestrator_core::store::Store,
+    name: &str,
+    deliveries: &orchestrator_delivery::Client,
+) -> anyhow::Result<std::sync::Arc<dyn orchestrator_queue::JobHandler>> {
+    let Some(settings) = store.queue(name).await? else {
+        bail!(
+            "--queues: unknown queue {name:?} (this worker serves: {}, and http queues \
+             created with POST /api/v1/queues)",
+            orchestrator_bootstrap::QUEUES.join(", ")
+        );
+    };
+    orchestrator_bootstrap::registry_handler(&settings, deliveries)
+        .map_err(|e| anyhow::anyhow!("--queues: {e:#}"))
 }

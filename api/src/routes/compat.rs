@@ -330,6 +330,7 @@ impl ExecuteRequest {
             decomposer: self.decomposer,
             consensus: self.consensus,
             budget_usd: self.budget_usd,
+            callback_url: None,
         };
         (request, ignored)
     }

@@ -9,8 +9,9 @@ use axum::{
 };
 use orchestrator_core::{metrics as m, store::QueueSettings};
 use orchestrator_queue::{
-    JobInfo, MAX_ATTEMPTS_LIMIT, MAX_DELAY_MS, MAX_IDEMPOTENCY_KEY_LEN, MAX_PRIORITY, MIN_PRIORITY,
-    NewJob, Pushed,
+    Cancelled, JobInfo, JobStatus, MAX_ATTEMPTS_LIMIT, MAX_CONCURRENCY_KEY_LEN, MAX_DELAY_MS,
+    MAX_IDEMPOTENCY_KEY_LEN, MAX_PRIORITY, MIN_PRIORITY, NewJob, Pushed,
+    callback::{JobEnded, callback_job, push_callbacks},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,6 +45,11 @@ pub struct JobRequest {
     pub idempotency_key: Option<String>,
     /// Run no earlier than this many milliseconds from now (at most 30 days).
     pub delay_ms: Option<u64>,
+    /// Jobs sharing a key (a tenant, a user; up to 128 bytes) take turns,
+    /// at most the queue's `max_per_key` of them running at once.
+    pub concurrency_key: Option<String>,
+    /// An http(s) URL told (signed POST) when the job ends.
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -139,7 +145,7 @@ async fn push(state: &AppState, jobs: Vec<NewJob>) -> ApiResult<Vec<Pushed>> {
 
 /// Validates every request and fills defaults from its queue's settings.
 /// One bad job rejects the whole batch, naming its index.
-async fn resolve(state: &AppState, requests: Vec<JobRequest>) -> ApiResult<Vec<NewJob>> {
+pub(crate) async fn resolve(state: &AppState, requests: Vec<JobRequest>) -> ApiResult<Vec<NewJob>> {
     let single = requests.len() == 1;
     let mut settings: HashMap<String, QueueSettings> = HashMap::new();
     let mut jobs = Vec::with_capacity(requests.len());
@@ -160,7 +166,9 @@ async fn resolve(state: &AppState, requests: Vec<JobRequest>) -> ApiResult<Vec<N
                 return Err(at(internal_queue(&request.queue)));
             }
             let found = state.store.queue(&request.queue).await?;
-            let found = found.filter(|_| handler.is_some());
+            // A built-in queue needs its handler here; the user's queues
+            // (external workers, HTTP targets) take any JSON payload.
+            let found = found.filter(|q| handler.is_some() || q.handler != "builtin");
             let Some(found) = found else {
                 return Err(at(unknown_queue(&request.queue)));
             };
@@ -223,10 +231,22 @@ fn validate(
             "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"
         )));
     }
-    let handler = &state.handlers[request.queue.as_str()];
-    handler.validate(&request.payload).map_err(|message| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
-    })?;
+    if let Some(key) = &request.concurrency_key
+        && !valid_concurrency_key(key)
+    {
+        return Err(ApiError::invalid(format!(
+            "concurrency_key must be 1 to {MAX_CONCURRENCY_KEY_LEN} of letters, digits and \
+             . _ : @ / = + -"
+        )));
+    }
+    if let Some(url) = &request.callback_url {
+        check_callback_url(state, url)?;
+    }
+    if let Some(handler) = state.handlers.get(request.queue.as_str()) {
+        handler.validate(&request.payload).map_err(|message| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
+        })?;
+    }
     Ok(NewJob {
         queue: request.queue,
         payload: request.payload,
@@ -235,7 +255,82 @@ fn validate(
         backoff_ms: queue.backoff_ms as u64,
         idempotency_key: request.idempotency_key,
         delay_ms,
+        concurrency_key: request.concurrency_key,
+        callback_url: request.callback_url,
     })
+}
+
+fn valid_concurrency_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_CONCURRENCY_KEY_LEN
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@/=+-".contains(&b))
+}
+
+/// Longest callback or target URL.
+pub const MAX_URL_LEN: usize = 2_048;
+
+/// An http(s) URL the fleet may POST to: its host is public, or the
+/// operator allowlisted it (`ORCH_CAMPAIGN_ALLOW`); a request never can.
+pub fn check_callback_url(state: &AppState, raw: &str) -> Result<(), ApiError> {
+    state.targets.require_signing()?;
+    let invalid = |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_url", why);
+    if raw.len() > MAX_URL_LEN {
+        return Err(invalid(format!("URL longer than {MAX_URL_LEN} bytes")));
+    }
+    let url =
+        url::Url::parse(raw).map_err(|e| invalid(format!("{:?} is not a URL: {e}", shown(raw))))?;
+    orchestrator_campaign::fetch::guard::check_url(&url, state.campaigns.operator_allow())
+        .map_err(|e| invalid(e.to_string()))?;
+    if let Some(url::Host::Domain(host)) = url.host()
+        && (host == "localhost" || host.ends_with(".localhost"))
+        && !state.campaigns.operator_allow().allows_host(host)
+    {
+        return Err(invalid(format!(
+            "{host} is a local name; the operator must list it in ORCH_CAMPAIGN_ALLOW"
+        )));
+    }
+    Ok(())
+}
+
+/// Cancel a job: a waiting or delayed job never starts; a running one is
+/// told (its handler is stopped; an external worker gets 409 on its next
+/// heartbeat) and ends `cancelled`.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(("id" = uuid::Uuid, Path)), responses(
+    (status = 200, body = JobInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody),
+), security(("bearer" = [])))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobInfo>> {
+    parse_job_id(&id)?;
+    match state.queue.cancel(&id).await? {
+        Cancelled::NotFound => Err(ApiError::not_found("job_not_found", format!("no job {id}"))),
+        Cancelled::AlreadyFinal(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_finished",
+            format!("job {id} has already ended ({})", status.as_str()),
+        )),
+        Cancelled::Now(_) => {
+            let job = state.queue.job(&id).await?;
+            if let Some(job) = &job {
+                metrics::counter!(m::JOBS_COMPLETED, "queue" => job.queue.clone(), "outcome" => "cancelled")
+                    .increment(1);
+            }
+            let job = job.filter(|j| j.status == JobStatus::Cancelled);
+            if let Some(job) = &job
+                && let Some(url) = &job.callback_url
+            {
+                let key = format!("{}:cancelled", job.id);
+                let callback = callback_job(url, &JobEnded::of(job), &key);
+                push_callbacks(state.queue.clone(), vec![callback]);
+            }
+            job.map(Json)
+                .ok_or_else(|| ApiError::not_found("job_not_found", format!("no job {id}")))
+        }
+    }
 }
 
 /// Job ids are the UUIDs pushes return; anything else is a client error.

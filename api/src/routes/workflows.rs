@@ -45,6 +45,12 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<WorkflowRequest>,
 ) -> ApiResult<(StatusCode, Json<Created>)> {
+    if let Some(url) = &request.callback_url {
+        super::jobs::check_callback_url(&state, url).map_err(|e| ApiError {
+            message: format!("callback_url: {}", e.message),
+            ..e
+        })?;
+    }
     match state.workflows.create(request).await {
         Ok(created) => Ok((StatusCode::ACCEPTED, Json(created))),
         Err(CreateError::Invalid(message)) => Err(ApiError::invalid(message)),
@@ -74,6 +80,38 @@ pub async fn get_workflow(
         .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(Json(view))
+}
+
+/// Cancel a running workflow: tasks not started never run, running ones
+/// are stopped; the workflow and those tasks end `cancelled`.
+#[utoipa::path(
+    post, path = "/api/v1/workflows/{id}/cancel", tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "Workflow id")),
+    responses(
+        (status = 200, description = "The cancelled workflow", body = WorkflowView),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+        (status = 409, description = "The workflow has already ended", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkflowView>> {
+    check_id(&id)?;
+    match state.workflows.cancel(&id).await? {
+        None => Err(not_found(&id)),
+        Some(false) => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "workflow_finished",
+            format!("workflow {id} has already ended"),
+        )),
+        Some(true) => {
+            let view = state.workflows.view(&id).await?;
+            view.map(Json).ok_or_else(|| not_found(&id))
+        }
+    }
 }
 
 /// Watch a workflow over a websocket: a snapshot, then `status_update`

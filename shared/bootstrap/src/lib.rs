@@ -18,22 +18,31 @@ use tokio_util::sync::CancellationToken;
 
 use orchestrator_campaign::{Campaigns, fetch::Allow, slots, store::CampaignStore};
 use orchestrator_core::{
-    config::{CommonConfig, DatabaseKind},
+    config::{CommonConfig, DatabaseKind, Mode},
     connect,
     events::{Event, Events},
     fleet,
-    store::Store,
+    store::{QueueSettings, Store},
     system,
 };
 use orchestrator_datagen::runs::{DATAGEN_QUEUE, Datasets, ShardJob};
+use orchestrator_delivery::{Callbacks, HttpTarget};
 use orchestrator_memory::{Embed, Memory, packs::EMBED_QUEUE, packs::PackStore};
 use orchestrator_models::{Models, Registry};
-use orchestrator_queue::{JobHandler, Noop, QueueBackend, fleet::Assignment};
+use orchestrator_queue::{
+    JobHandler, Noop, QueueBackend, callback::CALLBACKS_QUEUE, fleet::Assignment,
+};
 use orchestrator_training::feedback::Feedback;
 use orchestrator_workflow::{INFERENCE_QUEUE, Inference, Workflows, decomposer::Patterns};
 
 /// Names of the built-in queues, for validating flags before anything opens.
-pub const QUEUES: [&str; 4] = ["noop", EMBED_QUEUE, INFERENCE_QUEUE, DATAGEN_QUEUE];
+pub const QUEUES: [&str; 5] = [
+    "noop",
+    EMBED_QUEUE,
+    INFERENCE_QUEUE,
+    DATAGEN_QUEUE,
+    CALLBACKS_QUEUE,
+];
 
 /// Every built-in queue's handler. The inference handler finds the workflow
 /// service through `workflows` once it exists (the service needs the queue,
@@ -44,6 +53,7 @@ pub fn builtin(
     memory: &Arc<Memory>,
     models: &Arc<Models>,
     workflows: &Arc<OnceLock<Arc<Workflows>>>,
+    deliveries: &orchestrator_delivery::Client,
 ) -> Vec<Arc<dyn JobHandler>> {
     vec![
         Arc::new(Noop {
@@ -52,7 +62,71 @@ pub fn builtin(
         Arc::new(Embed::new(memory.clone())),
         Arc::new(Inference::new(workflows.clone())),
         Arc::new(ShardJob::new(store.connection().clone(), models.clone())),
+        Arc::new(Callbacks::new(deliveries.clone())),
     ]
+}
+
+/// The client every HTTP target and callback delivery of this process
+/// uses: guarded by `ORCH_CAMPAIGN_ALLOW`, signing with `ORCH_SIGNING_SECRET`.
+pub fn delivery_client(config: &CommonConfig) -> anyhow::Result<orchestrator_delivery::Client> {
+    orchestrator_delivery::Client::new(campaign_allow(config)?, signing_secret(config))
+}
+
+/// `ORCH_SIGNING_SECRET`, if set to something.
+pub fn signing_secret(config: &CommonConfig) -> Option<String> {
+    config.signing_secret.clone().filter(|s| !s.is_empty())
+}
+
+/// The handler of registry queue `settings`, which must be an `http` queue
+/// (the other kinds are served by workers of their own); the error says
+/// who serves it.
+pub fn registry_handler(
+    settings: &QueueSettings,
+    deliveries: &orchestrator_delivery::Client,
+) -> anyhow::Result<Arc<dyn JobHandler>> {
+    let name = &settings.name;
+    match settings.handler.as_str() {
+        "http" => Ok(Arc::new(HttpTarget::new(settings, deliveries.clone())?)),
+        "external" => anyhow::bail!(
+            "queue {name:?} is served by external workers, which lease its jobs over HTTP \
+             (POST /api/v1/queues/{name}/lease)"
+        ),
+        "custom" => anyhow::bail!(
+            "queue {name:?} is run by a worker process of your own built on the \
+             orchestrator-queue crate"
+        ),
+        other => anyhow::bail!("queue {name:?} has handler {other:?}, not an http target"),
+    }
+}
+
+/// The handlers of every `http` queue in the registry. In production mode
+/// their deliveries must be signed, so a missing `ORCH_SIGNING_SECRET` is
+/// refused here, at start, rather than job by job.
+pub async fn http_handlers(
+    config: &CommonConfig,
+    store: &Store,
+    deliveries: &orchestrator_delivery::Client,
+) -> anyhow::Result<Vec<Arc<dyn JobHandler>>> {
+    let queues: Vec<_> = store
+        .queues()
+        .await?
+        .into_iter()
+        .filter(|q| q.handler == "http")
+        .collect();
+    if let Some(queue) = queues.first()
+        && config.mode == Mode::Production
+        && signing_secret(config).is_none()
+    {
+        anyhow::bail!(
+            "ORCH_SIGNING_SECRET is not set, but http queues (e.g. {:?}) deliver signed \
+             requests; ORCH_MODE=production refuses to start without it",
+            queue.name
+        );
+    }
+    queues
+        .iter()
+        .map(|q| registry_handler(q, deliveries))
+        .collect()
 }
 
 /// What a serving process works with.
@@ -70,6 +144,8 @@ pub struct Services {
     pub datasets: Arc<Datasets>,
     /// Every built-in queue's handler.
     pub handlers: Vec<Arc<dyn JobHandler>>,
+    /// The client of HTTP target and callback deliveries.
+    pub deliveries: orchestrator_delivery::Client,
 }
 
 /// Opens the store and the queue backend, registering the built-in queues,
@@ -96,10 +172,24 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
     );
     models.refresh_adapters().await?;
     let workflows_slot = Arc::new(OnceLock::new());
-    let handlers = builtin(config, &store, &memory, &models, &workflows_slot);
+    let deliveries = delivery_client(config)?;
+    let handlers = builtin(
+        config,
+        &store,
+        &memory,
+        &models,
+        &workflows_slot,
+        &deliveries,
+    );
     let defaults: Vec<_> = handlers.iter().map(|h| (h.queue(), h.defaults())).collect();
     store.seed_queues(&defaults).await?;
     let queue = with_redis(config, || orchestrator_queue::connect(config)).await?;
+    // The engine keeps each queue's options where it works (a new Redis, or
+    // a moved queue file, starts without them): the registry is the truth.
+    for settings in store.queues().await? {
+        let options = orchestrator_queue::QueueOptions::from(&settings);
+        queue.configure(&settings.name, &options).await?;
+    }
     let events = open_events(config, "workflows").await?;
     let adapter_notices = Arc::new(open_events(config, "adapters").await?);
     let feedback = Arc::new(match &config.redis_url {
@@ -147,6 +237,7 @@ pub async fn open(config: &CommonConfig) -> anyhow::Result<Services> {
         feedback,
         adapter_notices,
         handlers,
+        deliveries,
     })
 }
 

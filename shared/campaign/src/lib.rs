@@ -113,6 +113,11 @@ impl Campaigns {
         &self.store
     }
 
+    /// `ORCH_CAMPAIGN_ALLOW`, which also guards HTTP targets and callbacks.
+    pub fn operator_allow(&self) -> &Allow {
+        &self.operator_allow
+    }
+
     /// Checks a request, stores the campaign with its seeds and queues them.
     pub async fn create(&self, request: CampaignRequest) -> Result<CampaignRow, CampaignError> {
         request.check_common().map_err(CampaignError::Invalid)?;
@@ -171,6 +176,8 @@ impl Campaigns {
                         backoff_ms: OP_BACKOFF_MS,
                         idempotency_key: Some(op.key()),
                         delay_ms: 0,
+                        concurrency_key: None,
+                        callback_url: None,
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;

@@ -17,7 +17,7 @@ use super::{
     store::{Finished, GOALS_MET},
 };
 use orchestrator_core::metrics as m;
-use orchestrator_queue::{JobError, JobHandler, LeasedJob, QueueDefaults, worker};
+use orchestrator_queue::{JobContext, JobError, JobHandler, LeasedJob, QueueDefaults, worker};
 
 /// How often a serving worker renews its slot and rereads its campaign.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -39,14 +39,14 @@ impl Campaigns {
     /// attempts remain; any other failure is counted as the op's outcome.
     pub async fn run_op(&self, job: &LeasedJob) -> Result<Value, JobError> {
         let payload: OpPayload = serde_json::from_value(job.payload.clone())
-            .map_err(|e| JobError(format!("not a campaign operation: {e}")))?;
+            .map_err(|e| JobError::new(format!("not a campaign operation: {e}")))?;
         let op = payload.op;
         let campaign = payload.campaign.as_str();
         let prepared = self
             .prepared(campaign)
             .await
-            .map_err(|e| JobError(e.to_string()))?;
-        let store_error = |e: anyhow::Error| JobError(format!("store: {e:#}"));
+            .map_err(|e| JobError::new(e.to_string()))?;
+        let store_error = |e: anyhow::Error| JobError::new(format!("store: {e:#}"));
         if self
             .store
             .is_done(campaign, &op.key())
@@ -62,7 +62,7 @@ impl Campaigns {
         let (outcome, error) = match prepared.kind.run(&op, &cx).await {
             Ok(outcome) => (outcome, None),
             Err(err) if err.is_retryable() && job.attempt < job.max_attempts => {
-                return Err(JobError(err.to_string()));
+                return Err(JobError::new(err.to_string()));
             }
             Err(err) => (Default::default(), Some(err)),
         };
@@ -86,7 +86,7 @@ impl Campaigns {
             .map_err(store_error)?;
         self.push(campaign, &recorded.admitted)
             .await
-            .map_err(|e| JobError(format!("queue: {e:#}")))?;
+            .map_err(|e| JobError::new(format!("queue: {e:#}")))?;
         if recorded.new_items > 0 && !prepared.goals.is_empty() {
             let facts = self
                 .store
@@ -289,7 +289,7 @@ impl JobHandler for CampaignJobs {
             .map_err(|e| e.to_string())
     }
 
-    async fn run(&self, job: &LeasedJob) -> Result<Value, JobError> {
+    async fn run(&self, job: &LeasedJob, _ctx: &JobContext) -> Result<Value, JobError> {
         self.campaigns.run_op(job).await
     }
 }

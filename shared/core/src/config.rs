@@ -67,6 +67,12 @@ pub struct CommonConfig {
     #[arg(long, env = "ORCH_CAMPAIGN_ALLOW", value_delimiter = ',')]
     pub campaign_allow: Vec<String>,
 
+    /// Key of the HMAC signature on every POST to an HTTP target or
+    /// callback URL (`X-Orchestrator-Signature`); receivers verify with it.
+    /// Unset: `http` queues and `callback_url`s are refused.
+    #[arg(long, env = "ORCH_SIGNING_SECRET", hide_env_values = true)]
+    pub signing_secret: Option<String>,
+
     /// Let `noop` jobs panic, fail on purpose and sleep over a second (fault
     /// tests); off, such payloads are refused at push.
     #[arg(long, env = "ORCH_NOOP_FAULTS")]
@@ -309,6 +315,12 @@ impl fmt::Display for CommonConfig {
                 f,
                 "  campaigns may reach: {}",
                 self.campaign_allow.join(", ")
+            )?;
+        }
+        if self.signing_secret.as_deref().is_none_or(str::is_empty) {
+            writeln!(
+                f,
+                "  signing:     no ORCH_SIGNING_SECRET (http queues and callbacks refused)"
             )?;
         }
         write!(f, "  lease:       {} ms", self.lease_ms)

@@ -26,6 +26,8 @@ pub const THROUGHPUT_TARGET: &str = "orchestrator_throughput_target";
 pub const SUBSYSTEM_RESTARTS: &str = "orchestrator_subsystem_restarts_total";
 pub const DATAGEN_EXAMPLES: &str = "orchestrator_datagen_examples_total";
 pub const DATAGEN_SHARDS: &str = "orchestrator_datagen_shards_total";
+pub const SCHEDULE_RUNS: &str = "orchestrator_schedule_runs_total";
+pub const DELIVERIES: &str = "orchestrator_deliveries_total";
 
 /// Histogram buckets for job durations: from a no-op (microseconds) to a long
 /// model call (minutes).
@@ -122,6 +124,14 @@ fn describe() {
     metrics::describe_counter!(
         DATAGEN_SHARDS,
         "Dataset shards finished, by outcome (done, skipped)."
+    );
+    metrics::describe_counter!(
+        SCHEDULE_RUNS,
+        "Jobs pushed by recurring schedules, by queue (each due time once across the fleet)."
+    );
+    metrics::describe_counter!(
+        DELIVERIES,
+        "POSTs to HTTP targets and callback URLs, by queue and outcome (done, retry, refused)."
     );
     metrics::describe_counter!(
         SUBSYSTEM_RESTARTS,

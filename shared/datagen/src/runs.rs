@@ -20,7 +20,9 @@ use orchestrator_core::{
     },
 };
 use orchestrator_models::Models;
-use orchestrator_queue::{JobError, JobHandler, LeasedJob, NewJob, QueueBackend, QueueDefaults};
+use orchestrator_queue::{
+    JobContext, JobError, JobHandler, LeasedJob, NewJob, QueueBackend, QueueDefaults,
+};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect,
@@ -246,6 +248,8 @@ impl Datasets {
                 backoff_ms: 1_000,
                 idempotency_key: Some(format!("datagen:{id}:{shard}")),
                 delay_ms: 0,
+                concurrency_key: None,
+                callback_url: None,
             })
             .collect();
         for chunk in jobs.chunks(1_000) {
@@ -811,23 +815,26 @@ impl JobHandler for ShardJob {
             .map_err(|e| format!("datagen payload: {e}"))
     }
 
-    async fn run(&self, job: &LeasedJob) -> Result<Value, JobError> {
-        let payload: ShardPayload =
-            serde_json::from_value(job.payload.clone()).map_err(|e| JobError(e.to_string()))?;
+    async fn run(&self, job: &LeasedJob, _ctx: &JobContext) -> Result<Value, JobError> {
+        let payload: ShardPayload = serde_json::from_value(job.payload.clone())
+            .map_err(|e| JobError::new(e.to_string()))?;
         let run = datasets::Entity::find_by_id(&payload.dataset)
             .one(&self.db)
             .await
-            .map_err(|e| JobError(e.to_string()))?;
+            .map_err(|e| JobError::new(e.to_string()))?;
         let Some(run) = run.filter(|run| run.status == "running") else {
             // Cancelled or deleted: nothing more is generated.
             metrics::counter!(m::DATAGEN_SHARDS, "outcome" => "skipped").increment(1);
             return Ok(json!({"shard": payload.shard, "skipped": true}));
         };
         if payload.shard >= run.shards_total as u64 {
-            return Err(JobError(format!("no shard {} in this run", payload.shard)));
+            return Err(JobError::new(format!(
+                "no shard {} in this run",
+                payload.shard
+            )));
         }
         self.generate(&run, payload.shard)
             .await
-            .map_err(|e| JobError(format!("{e:#}")))
+            .map_err(|e| JobError::new(format!("{e:#}")))
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use orchestrator_queue::{JobError, JobHandler, LeasedJob, QueueDefaults};
+use orchestrator_queue::{JobContext, JobError, JobHandler, LeasedJob, QueueDefaults};
 
 use crate::{Memory, packs::EMBED_QUEUE};
 const MAX_FILES_PER_JOB: usize = 64;
@@ -72,15 +72,15 @@ impl JobHandler for Embed {
         parse(payload).map(|_| ())
     }
 
-    async fn run(&self, job: &LeasedJob) -> Result<Value, JobError> {
-        let payload = parse(&job.payload).map_err(JobError)?;
+    async fn run(&self, job: &LeasedJob, _ctx: &JobContext) -> Result<Value, JobError> {
+        let payload = parse(&job.payload).map_err(JobError::new)?;
         let packs = &self.memory.packs;
         let (mut indexed, mut skipped, mut chunks) = (0, 0, 0);
         for file in &payload.files {
             let row = packs
                 .file(&payload.pack_id, &file.path)
                 .await
-                .map_err(|e| JobError(e.to_string()))?;
+                .map_err(|e| JobError::new(e.to_string()))?;
             let Some(row) = row.filter(|r| r.hash == file.hash) else {
                 skipped += 1;
                 continue;
@@ -94,7 +94,7 @@ impl JobHandler for Embed {
                 // A missing model fails the job (and retries), it is not
                 // the file's fault.
                 Err(err) if !self.memory.model_present() => {
-                    return Err(JobError(format!("{err:#}")));
+                    return Err(JobError::new(format!("{err:#}")));
                 }
                 Err(err) => Err(format!("{err:#}")),
             };
@@ -105,7 +105,7 @@ impl JobHandler for Embed {
             packs
                 .finish_file(&payload.pack_id, &row.path, &row.hash, outcome)
                 .await
-                .map_err(|e| JobError(e.to_string()))?;
+                .map_err(|e| JobError::new(e.to_string()))?;
         }
         Ok(json!({"indexed": indexed, "skipped": skipped, "chunks": chunks}))
     }

@@ -479,13 +479,5 @@ impl PackStore {
 }
 
 fn embed_job(pack_id: &str, files: &[serde_json::Value]) -> NewJob {
-    NewJob {
-        queue: EMBED_QUEUE.to_string(),
-        payload: json!({"pack_id": pack_id, "files": files}),
-        priority: 0,
-        max_attempts: 3,
-        backoff_ms: 1_000,
-        idempotency_key: None,
-        delay_ms: 0,
-    }
+    NewJob::new(EMBED_QUEUE, json!({"pack_id": pack_id, "files": files}))
 }

@@ -5,7 +5,8 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use super::{
-    Ack, Fetched, JobInfo, NewJob, Pushed, QueueCounts, redis::RedisBackend, sqlite::SqliteBackend,
+    Ack, Cancelled, Fetched, JobInfo, JobStatus, NewJob, Pushed, QueueCounts, QueueOptions, Report,
+    redis::RedisBackend, sqlite::SqliteBackend,
 };
 use orchestrator_core::config::CommonConfig;
 
@@ -37,21 +38,48 @@ pub trait QueueBackend: Send + Sync + 'static {
     async fn wait_for_jobs(&self, queue: &str, timeout: Duration);
 
     /// Records attempt outcomes of `queue`'s jobs leased to `worker`. An ack
-    /// for a job whose lease this worker lost is ignored: that job runs again.
-    async fn ack(&self, queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()>;
+    /// for a job whose lease this worker lost (expired and taken over, or
+    /// cancelled) is ignored: returns those jobs' ids.
+    async fn ack(&self, queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<Vec<String>>;
 
-    /// Extends the leases `worker` holds on running jobs of `queue`.
+    /// Extends the leases `worker` holds on running jobs of `queue`; returns
+    /// the ids it no longer holds (lost or cancelled), whose handlers should
+    /// stop.
     async fn extend_leases(
         &self,
         queue: &str,
         worker: &str,
         ids: &[String],
         lease: Duration,
-    ) -> anyhow::Result<()>;
+    ) -> anyhow::Result<Vec<String>>;
+
+    /// Cancels a job: a waiting or delayed one never starts, a running one
+    /// loses its lease (its worker is told on its next heartbeat).
+    async fn cancel(&self, id: &str) -> anyhow::Result<Cancelled>;
+
+    /// Stores a running job's progress and appends its log lines (bounded).
+    /// Returns false for an unknown job.
+    async fn report(&self, id: &str, report: Report) -> anyhow::Result<bool>;
+
+    /// Forgets `queue`'s jobs that ended with one of `statuses` (done, dead,
+    /// cancelled); returns how many.
+    async fn purge_jobs(&self, queue: &str, statuses: &[JobStatus]) -> anyhow::Result<u64>;
+
+    /// Sets how `queue` shares its workers between concurrency keys and how
+    /// long it keeps finished jobs.
+    async fn configure(&self, queue: &str, options: &QueueOptions) -> anyhow::Result<()>;
 
     /// Hands back jobs leased to `worker` that it never started, without
     /// counting the attempt.
     async fn release(&self, queue: &str, worker: &str, ids: &[String]) -> anyhow::Result<()>;
+
+    /// The id of the job pushed to `queue` with `idempotency_key` (while the
+    /// key is remembered), for callers that name their jobs by key.
+    async fn find_by_key(
+        &self,
+        queue: &str,
+        idempotency_key: &str,
+    ) -> anyhow::Result<Option<String>>;
 
     /// Everything known about a job, or `None` for an unknown id.
     async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>>;

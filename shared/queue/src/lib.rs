@@ -18,6 +18,7 @@
 //! fault tests use.
 
 mod backend;
+pub mod callback;
 pub mod fleet;
 mod handler;
 pub mod noop;
@@ -27,6 +28,6 @@ mod types;
 pub mod worker;
 
 pub use backend::{QueueBackend, connect};
-pub use handler::{JobError, JobHandler, QueueDefaults};
+pub use handler::{JobContext, JobError, JobHandler, QueueDefaults, cut};
 pub use noop::Noop;
 pub use types::*;

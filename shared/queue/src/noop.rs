@@ -1,6 +1,8 @@
 //! The `noop` queue: completes each job at once, or after `sleep_ms`. Used by
 //! benchmarks, probes and fault tests, so it can also be told to fail its
-//! first attempts (`fail_attempts`) or to panic (`panic`).
+//! first attempts (`fail_attempts`) or to panic (`panic`). With `report`
+//! it logs its attempt and reports progress halfway through its sleep (the
+//! probe for progress and logs).
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{JobError, JobHandler, LeasedJob, QueueDefaults};
+use crate::{JobContext, JobError, JobHandler, LeasedJob, QueueDefaults};
 
 /// Longest sleep a noop job may ask for: one hour.
 const MAX_SLEEP_MS: u64 = 3_600_000;
@@ -40,6 +42,9 @@ struct NoopPayload {
     fail_attempts: u32,
     #[serde(default)]
     panic: bool,
+    /// Log the attempt and report progress at the start, halfway and the end.
+    #[serde(default)]
+    report: bool,
     /// Free-form data carried along (benchmarks pad jobs with it).
     #[serde(default)]
     #[allow(dead_code)]
@@ -75,7 +80,7 @@ fn needs_faults(payload: &NoopPayload) -> Option<&'static str> {
 
 #[async_trait]
 impl JobHandler for Noop {
-    fn queue(&self) -> &'static str {
+    fn queue(&self) -> &str {
         "noop"
     }
 
@@ -97,21 +102,34 @@ impl JobHandler for Noop {
         }
     }
 
-    async fn run(&self, job: &LeasedJob) -> Result<Value, JobError> {
+    async fn run(&self, job: &LeasedJob, ctx: &JobContext) -> Result<Value, JobError> {
         // When it started, in µs since the epoch: latency benches read it.
         let started_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        let payload = parse(&job.payload).map_err(JobError)?;
+        let payload = parse(&job.payload).map_err(JobError::new)?;
+        if payload.report {
+            ctx.log(&format!("attempt {} started", job.attempt)).await;
+            ctx.progress(0.0, "started").await;
+        }
         if payload.sleep_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(payload.sleep_ms)).await;
+            let half = Duration::from_millis(payload.sleep_ms / 2);
+            tokio::time::sleep(half).await;
+            if payload.report {
+                ctx.progress(0.5, "halfway").await;
+            }
+            tokio::time::sleep(Duration::from_millis(payload.sleep_ms) - half).await;
+        }
+        if payload.report {
+            ctx.progress(1.0, "finished").await;
+            ctx.log(&format!("attempt {} finished", job.attempt)).await;
         }
         if payload.panic {
             panic!("noop job asked to panic");
         }
         if job.attempt <= payload.fail_attempts {
-            return Err(JobError(format!(
+            return Err(JobError::new(format!(
                 "noop job asked to fail attempt {} of {}",
                 job.attempt, payload.fail_attempts
             )));
@@ -133,6 +151,8 @@ mod tests {
             payload,
             attempt,
             max_attempts: 3,
+            concurrency_key: None,
+            callback_url: None,
         }
     }
 
@@ -140,8 +160,9 @@ mod tests {
     async fn fails_the_asked_attempts_then_succeeds() {
         let payload = json!({"fail_attempts": 1});
         let noop = Noop::with_faults();
-        assert!(noop.run(&job(payload.clone(), 1)).await.is_err());
-        let done = noop.run(&job(payload, 2)).await.unwrap();
+        let ctx = JobContext::detached("j");
+        assert!(noop.run(&job(payload.clone(), 1), &ctx).await.is_err());
+        let done = noop.run(&job(payload, 2), &ctx).await.unwrap();
         assert_eq!(done["attempt"], 2);
     }
 

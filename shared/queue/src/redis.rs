@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OnceCell};
 
 use super::{
-    Ack, Fetched, JobInfo, JobStatus, LeasedJob, MAX_BACKOFF_MS, NewJob, Pushed, QueueBackend,
-    QueueCounts, WORKER_LIVENESS_MS,
+    Ack, Cancelled, Fetched, JobInfo, JobStatus, LeasedJob, MAX_BACKOFF_MS, MAX_LOG_BYTES,
+    MAX_LOG_LINES, NewJob, Progress, Pushed, QueueBackend, QueueCounts, QueueOptions, Report,
+    Retry, WORKER_LIVENESS_MS,
 };
 use orchestrator_core::now_ms;
 
@@ -48,6 +49,9 @@ struct Scripts {
     counts: Script,
     requeue: Script,
     job: Script,
+    cancel: Script,
+    report: Script,
+    purge: Script,
 }
 
 /// A script with the shared helpers in front.
@@ -72,6 +76,9 @@ impl Scripts {
             counts: script!("counts.lua"),
             requeue: script!("requeue.lua"),
             job: script!("job.lua"),
+            cancel: script!("cancel.lua"),
+            report: script!("report.lua"),
+            purge: script!("purge.lua"),
         }
     }
 }
@@ -84,6 +91,10 @@ struct Envelope {
     pr: i32,
     ma: u32,
     c: u64,
+    #[serde(default)]
+    k: Option<String>,
+    #[serde(default)]
+    cb: Option<String>,
 }
 
 /// The same, borrowed, for writing (with the backoff only Lua reads).
@@ -95,6 +106,10 @@ struct EnvelopeRef<'a> {
     ma: u32,
     b: u64,
     c: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cb: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +123,19 @@ struct ResultRecord {
 struct ErrorRecord {
     e: String,
     t: u64,
+}
+
+/// A job's progress and log lines (`P:prog`); Lua writes an empty log as
+/// an absent field.
+#[derive(Deserialize)]
+struct ProgressRecord {
+    f: Option<f64>,
+    #[serde(default)]
+    m: String,
+    #[serde(default)]
+    t: u64,
+    #[serde(default)]
+    l: Vec<String>,
 }
 
 /// Wake-ups per queue, fed by the `P:wake` subscription.
@@ -286,7 +314,7 @@ impl QueueBackend for RedisBackend {
             return self.push_plain(jobs).await;
         }
         let now = now_ms();
-        let mut args: Vec<RedisValue> = Vec::with_capacity(4 + jobs.len() * 6);
+        let mut args: Vec<RedisValue> = Vec::with_capacity(4 + jobs.len() * 7);
         args.push(self.prefix.clone().into());
         args.push((now as i64).into());
         args.push((IDEMPOTENCY_TTL_S as i64).into());
@@ -299,6 +327,7 @@ impl QueueBackend for RedisBackend {
             args.push(i64::from(job.priority).into());
             args.push(job.idempotency_key.unwrap_or_default().into());
             args.push((job.delay_ms as i64).into());
+            args.push(job.concurrency_key.unwrap_or_default().into());
         }
         let reply: Vec<RedisValue> = self
             .eval(&self.scripts.push, args)
@@ -338,14 +367,16 @@ impl QueueBackend for RedisBackend {
             .first()
             .and_then(RedisValue::as_string)
             .unwrap_or_default();
+        let callbacks = expired_callbacks(queue, reply.last())?;
         if head == "paused" {
             return Ok(Fetched {
                 paused: true,
+                callbacks,
                 ..Fetched::default()
             });
         }
         let mut jobs = Vec::new();
-        if let [_, ids, envelopes, attempts] = &reply[..] {
+        if let [_, ids, envelopes, attempts, _] = &reply[..] {
             let (ids, envelopes, attempts) = (array(ids)?, array(envelopes)?, array(attempts)?);
             jobs.reserve(ids.len());
             for ((id, envelope), attempts) in ids.iter().zip(envelopes).zip(attempts) {
@@ -360,6 +391,8 @@ impl QueueBackend for RedisBackend {
                     payload: envelope.p,
                     attempt: attempts.as_u64().unwrap_or(0) as u32 + 1,
                     max_attempts: envelope.ma,
+                    concurrency_key: envelope.k,
+                    callback_url: envelope.cb,
                 });
             }
         }
@@ -367,6 +400,7 @@ impl QueueBackend for RedisBackend {
             jobs,
             next_due_ms: head.parse::<f64>().ok().map(|ms| ms as u64),
             paused: false,
+            callbacks,
         })
     }
 
@@ -378,14 +412,14 @@ impl QueueBackend for RedisBackend {
         let _ = tokio::time::timeout(timeout, waker.notified()).await;
     }
 
-    async fn ack(&self, queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()> {
+    async fn ack(&self, queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<Vec<String>> {
         if acks.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let now = now_ms();
         let (done, failed): (Vec<Ack>, Vec<Ack>) =
             acks.into_iter().partition(|a| a.outcome.is_ok());
-        let mut args: Vec<RedisValue> = Vec::with_capacity(8 + done.len() * 3 + failed.len() * 2);
+        let mut args: Vec<RedisValue> = Vec::with_capacity(8 + done.len() * 3 + failed.len() * 3);
         args.push(self.prefix.clone().into());
         args.push(queue.into());
         args.push((now as i64).into());
@@ -411,15 +445,23 @@ impl QueueBackend for RedisBackend {
             args.push(record.into());
         }
         for ack in failed {
-            let error = ack.outcome.expect_err("partitioned: failures only");
+            let failure = ack.outcome.expect_err("partitioned: failures only");
             args.push(ack.id.into());
-            args.push(serde_json::to_string(&serde_json::json!({ "e": error, "t": now }))?.into());
+            args.push(
+                serde_json::to_string(&serde_json::json!({ "e": failure.message, "t": now }))?
+                    .into(),
+            );
+            args.push(match failure.retry {
+                Retry::Backoff => "".into(),
+                Retry::Never => "never".into(),
+                Retry::After(ms) => ms.min(MAX_BACKOFF_MS).to_string().into(),
+            });
         }
-        let _: i64 = self
+        let lost: Vec<String> = self
             .eval(&self.scripts.ack, args)
             .await
             .context("acknowledge in Redis")?;
-        Ok(())
+        Ok(lost)
     }
 
     async fn extend_leases(
@@ -428,9 +470,9 @@ impl QueueBackend for RedisBackend {
         worker: &str,
         ids: &[String],
         lease: Duration,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<String>> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let deadline = now_ms() + lease.as_millis() as u64;
         let mut args: Vec<RedisValue> = vec![
@@ -440,7 +482,76 @@ impl QueueBackend for RedisBackend {
             (deadline as i64).into(),
         ];
         args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
-        let _: i64 = self.eval(&self.scripts.extend, args).await?;
+        Ok(self.eval(&self.scripts.extend, args).await?)
+    }
+
+    async fn cancel(&self, id: &str) -> anyhow::Result<Cancelled> {
+        let now = now_ms();
+        let record = serde_json::json!({ "e": "cancelled", "t": now }).to_string();
+        let args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            id.into(),
+            (now as i64).into(),
+            record.into(),
+        ];
+        let reply: Vec<String> = self.eval(&self.scripts.cancel, args).await?;
+        let status = |raw: &str| {
+            JobStatus::parse(raw).ok_or_else(|| anyhow!("unexpected status {raw:?} from cancel"))
+        };
+        match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["cancelled", had] => Ok(Cancelled::Now(status(had)?)),
+            ["final", was] => Ok(Cancelled::AlreadyFinal(status(was)?)),
+            _ => Ok(Cancelled::NotFound),
+        }
+    }
+
+    async fn report(&self, id: &str, report: Report) -> anyhow::Result<bool> {
+        let (fraction, message) = match report.progress {
+            Some((fraction, message)) => (fraction.to_string(), message),
+            None => (String::new(), String::new()),
+        };
+        let mut args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            id.into(),
+            (now_ms() as i64).into(),
+            fraction.into(),
+            message.into(),
+            (MAX_LOG_LINES as i64).into(),
+            (MAX_LOG_BYTES as i64).into(),
+        ];
+        args.extend(report.lines.into_iter().map(RedisValue::from));
+        let stored: i64 = self.eval(&self.scripts.report, args).await?;
+        Ok(stored == 1)
+    }
+
+    async fn purge_jobs(&self, queue: &str, statuses: &[JobStatus]) -> anyhow::Result<u64> {
+        let mut args: Vec<RedisValue> = vec![self.prefix.clone().into(), queue.into()];
+        args.extend(statuses.iter().map(|s| RedisValue::from(s.as_str())));
+        let mut total = 0;
+        // Bounded work per call, so Redis keeps serving between calls.
+        loop {
+            let forgotten: u64 = self.eval(&self.scripts.purge, args.clone()).await?;
+            if forgotten == 0 {
+                return Ok(total);
+            }
+            total += forgotten;
+        }
+    }
+
+    async fn configure(&self, queue: &str, options: &QueueOptions) -> anyhow::Result<()> {
+        let key = self.key(&format!("q:{queue}:conf"));
+        let fields = [
+            ("max_per_key", options.max_per_key.map(u64::from)),
+            ("keep_done", options.keep_done_ms),
+            ("keep_dead", options.keep_dead_ms),
+            ("remove", options.remove_on_complete.then_some(1)),
+        ];
+        for (field, value) in fields {
+            let _: i64 = match value {
+                Some(value) => self.client().hset(&key, (field, value.to_string())).await?,
+                None => self.client().hdel(&key, field).await?,
+            };
+        }
         Ok(())
     }
 
@@ -456,6 +567,15 @@ impl QueueBackend for RedisBackend {
         args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
         let _: i64 = self.eval(&self.scripts.release, args).await?;
         Ok(())
+    }
+
+    async fn find_by_key(
+        &self,
+        queue: &str,
+        idempotency_key: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let key = self.key(&format!("idem:{queue}:{idempotency_key}"));
+        Ok(self.client().get(key).await?)
     }
 
     async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
@@ -500,7 +620,7 @@ impl QueueBackend for RedisBackend {
         let args: Vec<RedisValue> =
             vec![self.prefix.clone().into(), queue.into(), live_since.into()];
         let c: Vec<u64> = self.eval(&self.scripts.counts, args).await?;
-        let [pending, running, done, failed, dead, workers] = c[..] else {
+        let [pending, running, done, failed, dead, workers, cancelled] = c[..] else {
             return Err(anyhow!("unexpected counts reply {c:?}"));
         };
         Ok(QueueCounts {
@@ -510,6 +630,7 @@ impl QueueBackend for RedisBackend {
             failed,
             dead,
             workers,
+            cancelled,
         })
     }
 
@@ -561,6 +682,25 @@ fn worker_slot(worker: &str) -> i64 {
     (hash % LEASE_SLOTS) as i64
 }
 
+/// The callbacks of `fetch.lua`'s `ended` list (id, URL, attempts each).
+fn expired_callbacks(queue: &str, ended: Option<&RedisValue>) -> anyhow::Result<Vec<NewJob>> {
+    let Some(ended) = ended.filter(|e| matches!(e, RedisValue::Array(_))) else {
+        return Ok(Vec::new());
+    };
+    array(ended)?
+        .chunks(3)
+        .map(|entry| match entry {
+            [id, url, attempts] => Ok(crate::callback::expired_callback(
+                &string(id)?,
+                queue,
+                &string(url)?,
+                number(attempts)? as u32,
+            )),
+            _ => Err(anyhow!("unexpected expired entry {entry:?}")),
+        })
+        .collect()
+}
+
 fn array(value: &RedisValue) -> anyhow::Result<&[RedisValue]> {
     match value {
         RedisValue::Array(items) => Ok(items),
@@ -583,6 +723,8 @@ fn envelope_json(job: &NewJob, now: u64) -> anyhow::Result<String> {
         ma: job.max_attempts,
         b: job.backoff_ms,
         c: now,
+        k: job.concurrency_key.as_deref(),
+        cb: job.callback_url.as_deref(),
     })?)
 }
 
@@ -594,6 +736,7 @@ fn is_plain(jobs: &[NewJob]) -> bool {
             && job.priority == 0
             && job.delay_ms == 0
             && job.idempotency_key.is_none()
+            && job.concurrency_key.is_none()
     })
 }
 
@@ -617,7 +760,7 @@ fn bytes(value: &RedisValue) -> anyhow::Result<&[u8]> {
 
 /// Builds a job's view from `job.lua`'s reply.
 fn job_info(id: &str, reply: &[RedisValue]) -> anyhow::Result<JobInfo> {
-    let [envelope, status, attempts, result, error] = reply else {
+    let [envelope, status, attempts, result, error, progress, lease] = reply else {
         return Err(anyhow!("unexpected job reply {reply:?}"));
     };
     let envelope: Envelope = serde_json::from_slice(bytes(envelope)?)?;
@@ -631,6 +774,21 @@ fn job_info(id: &str, reply: &[RedisValue]) -> anyhow::Result<JobInfo> {
     let error: Option<ErrorRecord> = match bytes(error)? {
         b"" => None,
         raw => Some(serde_json::from_slice(raw)?),
+    };
+    let progress: Option<ProgressRecord> = match bytes(progress)? {
+        b"" => None,
+        raw => Some(serde_json::from_slice(raw)?),
+    };
+    let (progress, logs) = match progress {
+        Some(p) => (
+            p.f.map(|fraction| Progress {
+                fraction,
+                message: p.m,
+                at_ms: p.t,
+            }),
+            p.l,
+        ),
+        None => (None, Vec::new()),
     };
     let attempts = match &result {
         Some(done) => done.a,
@@ -651,6 +809,11 @@ fn job_info(id: &str, reply: &[RedisValue]) -> anyhow::Result<JobInfo> {
         payload: envelope.p,
         result: result.map(|done| done.r),
         error: error.map(|failed| failed.e),
+        progress,
+        logs,
+        concurrency_key: envelope.k,
+        callback_url: envelope.cb,
+        lease_expires_at_ms: lease.as_u64(),
         created_at_ms: envelope.c,
         updated_at_ms,
     })

@@ -17,8 +17,9 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::Notify;
 
 use super::{
-    Ack, Fetched, JobInfo, JobStatus, LeasedJob, NewJob, Pushed, QueueBackend, QueueCounts,
-    WORKER_LIVENESS_MS, retry_delay_ms,
+    Ack, Cancelled, Failure, Fetched, JobInfo, JobStatus, LeasedJob, MAX_BACKOFF_MS, MAX_LOG_BYTES,
+    MAX_LOG_LINES, NewJob, Progress, Pushed, QueueBackend, QueueCounts, QueueOptions, Report,
+    Retry, WORKER_LIVENESS_MS, retry_delay_ms,
 };
 use orchestrator_core::now_ms;
 
@@ -45,11 +46,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     error TEXT,
     created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    concurrency_key TEXT,
+    callback_url TEXT,
+    -- {"fraction", "message", "at_ms"} and a JSON array of log lines.
+    progress TEXT,
+    logs TEXT
 );
--- Runnable jobs in fetch order: a fetch reads the first rows, never sorts.
-CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (queue, priority DESC, seq)
-    WHERE status IN ('pending', 'failed');
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, status, run_at);
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (queue, status, lease_until);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (queue, idempotency_key)
@@ -58,7 +61,12 @@ CREATE TABLE IF NOT EXISTS queue_state (
     queue TEXT PRIMARY KEY,
     paused INTEGER NOT NULL DEFAULT 0,
     done INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0
+    failed INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    max_per_key INTEGER,
+    keep_done_ms INTEGER,
+    keep_dead_ms INTEGER,
+    remove_on_complete INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS queue_workers (
     queue TEXT NOT NULL,
@@ -70,6 +78,8 @@ CREATE TABLE IF NOT EXISTS queue_workers (
 
 pub struct SqliteBackend {
     pool: SqlitePool,
+    /// Counts fetches, so keys take turns starting at a different one.
+    turn: std::sync::atomic::AtomicUsize,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
@@ -79,8 +89,10 @@ impl SqliteBackend {
         // One connection: writers never contend, and a fetch cannot
         // interleave with an acknowledgement.
         let pool = orchestrator_core::sqlite_file::open(path, 1, SCHEMA, "queue database").await?;
+        upgrade(&pool).await?;
         Ok(Self {
             pool,
+            turn: Default::default(),
             wakers: Mutex::default(),
         })
     }
@@ -95,9 +107,9 @@ impl SqliteBackend {
         conn: &mut sqlx::SqliteConnection,
         worker: &str,
         id: &str,
-        error: String,
+        failure: Failure,
         now: i64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let row = sqlx::query(
             "SELECT queue, attempts, max_attempts, backoff_ms FROM jobs
              WHERE id = ? AND worker = ? AND status = 'running'",
@@ -107,21 +119,26 @@ impl SqliteBackend {
         .fetch_optional(&mut *conn)
         .await?;
         // The lease was lost: the job runs again elsewhere.
-        let Some(row) = row else { return Ok(()) };
+        let Some(row) = row else { return Ok(false) };
         let attempts = row.get::<i64, _>("attempts") as u32;
         let max_attempts = row.get::<i64, _>("max_attempts") as u32;
         let backoff = row.get::<i64, _>("backoff_ms") as u64;
-        let (status, run_at) = if attempts >= max_attempts {
+        let delay = match failure.retry {
+            Retry::Backoff => retry_delay_ms(backoff, attempts),
+            Retry::After(ms) => ms.min(MAX_BACKOFF_MS),
+            Retry::Never => 0,
+        };
+        let (status, run_at) = if attempts >= max_attempts || failure.retry == Retry::Never {
             ("dead", now)
         } else {
-            ("failed", now + retry_delay_ms(backoff, attempts) as i64)
+            ("failed", now + delay as i64)
         };
         sqlx::query(
             "UPDATE jobs SET status = ?, error = ?, run_at = ?, worker = NULL,
                     lease_until = NULL, updated_ms = ? WHERE id = ?",
         )
         .bind(status)
-        .bind(error)
+        .bind(failure.message)
         .bind(run_at)
         .bind(now)
         .bind(id)
@@ -131,6 +148,58 @@ impl SqliteBackend {
             .bind(row.get::<String, _>("queue"))
             .execute(&mut *conn)
             .await?;
+        Ok(true)
+    }
+
+    /// Forgets the queue's finished jobs its options no longer keep. The
+    /// time a job ended is its `run_at` (indexed with the status).
+    async fn apply_retention(
+        conn: &mut sqlx::SqliteConnection,
+        queue: &str,
+        acked: &std::collections::HashSet<String>,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let options: Option<(Option<i64>, Option<i64>, bool)> = sqlx::query_as(
+            "SELECT keep_done_ms, keep_dead_ms, remove_on_complete FROM queue_state WHERE queue = ?",
+        )
+        .bind(queue)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((keep_done, keep_dead, remove)) = options else {
+            return Ok(());
+        };
+        if remove {
+            Self::forget(conn, acked).await?;
+        }
+        for (statuses, keep) in [("'done'", keep_done), ("'dead', 'cancelled'", keep_dead)] {
+            let Some(keep) = keep else { continue };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs
+                 WHERE queue = ? AND status IN ({statuses}) AND run_at <= ? LIMIT 10000)"
+            )))
+            .bind(queue)
+            .bind(now - keep)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the listed jobs (done ones of a `remove_on_complete` queue).
+    async fn forget(
+        conn: &mut sqlx::SqliteConnection,
+        ids: &std::collections::HashSet<String>,
+    ) -> anyhow::Result<()> {
+        let ids: Vec<&String> = ids.iter().collect();
+        for chunk in ids.chunks(ACK_CHUNK) {
+            let mut delete = sqlx::QueryBuilder::new("DELETE FROM jobs WHERE id IN (");
+            let mut list = delete.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            delete.push(")");
+            delete.build().execute(&mut *conn).await?;
+        }
         Ok(())
     }
 
@@ -197,7 +266,7 @@ impl QueueBackend for SqliteBackend {
         for chunk in rows.chunks(INSERT_CHUNK) {
             let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO jobs (id, queue, payload, priority, max_attempts, backoff_ms, status, \
-                 run_at, idempotency_key, created_ms, updated_ms) ",
+                 run_at, idempotency_key, created_ms, updated_ms, concurrency_key, callback_url) ",
             );
             let mut payloads = Vec::with_capacity(chunk.len());
             for (_, job) in chunk {
@@ -216,7 +285,9 @@ impl QueueBackend for SqliteBackend {
                         .push_bind(now + job.delay_ms as i64)
                         .push_bind(&job.idempotency_key)
                         .push_bind(now)
-                        .push_bind(now);
+                        .push_bind(now)
+                        .push_bind(&job.concurrency_key)
+                        .push_bind(&job.callback_url);
                 },
             );
             insert.build().execute(&mut *tx).await?;
@@ -245,20 +316,34 @@ impl QueueBackend for SqliteBackend {
     ) -> anyhow::Result<Fetched> {
         let now = now_ms() as i64;
         let mut tx = self.pool.begin().await?;
-        // Leases that expired: their worker died or stalled.
-        sqlx::query(
+        // Leases that expired: their worker died or stalled. Jobs that this
+        // makes dead and that asked to be told get their callbacks.
+        let expired: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
             "UPDATE jobs SET
                 status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
-                error = CASE WHEN attempts >= max_attempts
-                        THEN 'lease expired: the worker stopped during the last attempt'
-                        ELSE error END,
+                error = CASE WHEN attempts >= max_attempts THEN ?3 ELSE error END,
                 run_at = ?2, worker = NULL, lease_until = NULL, updated_ms = ?2
-             WHERE queue = ?1 AND status = 'running' AND lease_until < ?2",
+             WHERE queue = ?1 AND status = 'running' AND lease_until < ?2
+             RETURNING id, status, callback_url, attempts",
         )
         .bind(queue)
         .bind(now)
-        .execute(&mut *tx)
+        .bind(crate::callback::LEASE_EXPIRED)
+        .fetch_all(&mut *tx)
         .await?;
+        let callbacks: Vec<NewJob> = expired
+            .into_iter()
+            .filter(|(_, status, _, _)| status == "dead")
+            .filter_map(|(id, _, url, attempts)| {
+                let url = url?;
+                Some(crate::callback::expired_callback(
+                    &id,
+                    queue,
+                    &url,
+                    attempts as u32,
+                ))
+            })
+            .collect();
         let paused: Option<i64> =
             sqlx::query_scalar("SELECT paused FROM queue_state WHERE queue = ?")
                 .bind(queue)
@@ -268,26 +353,48 @@ impl QueueBackend for SqliteBackend {
             tx.commit().await?;
             return Ok(Fetched {
                 paused: true,
+                callbacks,
                 ..Fetched::default()
             });
         }
-        let rows = sqlx::query(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?3,
-                             lease_until = ?4, updated_ms = ?2
-             WHERE seq IN (
-                SELECT seq FROM jobs
-                WHERE queue = ?1 AND status IN ('pending', 'failed') AND run_at <= ?2
-                ORDER BY priority DESC, seq
-                LIMIT ?5)
-             RETURNING id, payload, attempts, max_attempts, priority, seq",
+        let keyed: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM jobs WHERE queue = ? AND concurrency_key IS NOT NULL
+             AND status IN ('pending', 'failed') LIMIT 1",
         )
         .bind(queue)
-        .bind(now)
-        .bind(worker)
-        .bind(now + lease.as_millis() as i64)
-        .bind(max as i64)
-        .fetch_all(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let mut lease_due = sqlx::QueryBuilder::new(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ",
+        );
+        lease_due
+            .push_bind(worker)
+            .push(", lease_until = ")
+            .push_bind(now + lease.as_millis() as i64)
+            .push(", updated_ms = ")
+            .push_bind(now)
+            .push(" WHERE seq IN (");
+        if keyed.is_some() {
+            let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let seqs = fair_due(&mut tx, queue, now, max, turn).await?;
+            let mut list = lease_due.separated(", ");
+            for seq in seqs {
+                list.push_bind(seq);
+            }
+        } else {
+            lease_due
+                .push(UNKEYED_DUE)
+                .push_bind(queue)
+                .push(" AND run_at <= ")
+                .push_bind(now)
+                .push(" ORDER BY priority DESC, seq LIMIT ")
+                .push_bind(max as i64);
+        }
+        lease_due.push(
+            ") RETURNING id, payload, attempts, max_attempts, priority, seq, concurrency_key, \
+             callback_url",
+        );
+        let rows = lease_due.build().fetch_all(&mut *tx).await?;
         let mut leased = Vec::with_capacity(rows.len());
         for row in rows {
             let job = LeasedJob {
@@ -296,6 +403,8 @@ impl QueueBackend for SqliteBackend {
                 payload: serde_json::from_str(row.get::<&str, _>("payload"))?,
                 attempt: row.get::<i64, _>("attempts") as u32,
                 max_attempts: row.get::<i64, _>("max_attempts") as u32,
+                concurrency_key: row.get("concurrency_key"),
+                callback_url: row.get("callback_url"),
             };
             leased.push((row.get::<i64, _>("priority"), row.get::<i64, _>("seq"), job));
         }
@@ -317,6 +426,7 @@ impl QueueBackend for SqliteBackend {
             jobs: leased.into_iter().map(|(_, _, job)| job).collect(),
             next_due_ms,
             paused: false,
+            callbacks,
         })
     }
 
@@ -325,16 +435,22 @@ impl QueueBackend for SqliteBackend {
         let _ = tokio::time::timeout(timeout, waker.notified()).await;
     }
 
-    async fn ack(&self, _queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<()> {
+    async fn ack(&self, queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<Vec<String>> {
         let now = now_ms() as i64;
         let mut tx = self.pool.begin().await?;
         let mut successes = Vec::with_capacity(acks.len());
+        let mut lost = Vec::new();
         for ack in acks {
             match ack.outcome {
                 Ok(result) => successes.push((ack.id, serde_json::to_string(&result)?)),
-                Err(error) => Self::record_failure(&mut tx, worker, &ack.id, error, now).await?,
+                Err(failure) => {
+                    if !Self::record_failure(&mut tx, worker, &ack.id, failure, now).await? {
+                        lost.push(ack.id);
+                    }
+                }
             }
         }
+        let mut acked = std::collections::HashSet::new();
         let mut done: HashMap<String, i64> = HashMap::new();
         for chunk in successes.chunks(ACK_CHUNK) {
             // One statement per chunk; jobs whose lease this worker lost are
@@ -346,17 +462,27 @@ impl QueueBackend for SqliteBackend {
             update
                 .push(
                     ") UPDATE jobs SET status = 'done', worker = NULL, lease_until = NULL, \
-                     result = (SELECT result FROM acked WHERE acked.id = jobs.id), updated_ms = ",
+                     result = (SELECT result FROM acked WHERE acked.id = jobs.id), run_at = ",
                 )
+                .push_bind(now)
+                .push(", updated_ms = ")
                 .push_bind(now)
                 .push(" WHERE id IN (SELECT id FROM acked) AND status = 'running' AND worker = ")
                 .push_bind(worker)
-                .push(" RETURNING queue");
-            let queues: Vec<String> = update.build_query_scalar().fetch_all(&mut *tx).await?;
-            for queue in queues {
+                .push(" RETURNING queue, id");
+            let rows: Vec<(String, String)> = update.build_query_as().fetch_all(&mut *tx).await?;
+            for (queue, id) in rows {
                 *done.entry(queue).or_default() += 1;
+                acked.insert(id);
             }
         }
+        lost.extend(
+            successes
+                .into_iter()
+                .map(|(id, _)| id)
+                .filter(|id| !acked.contains(id)),
+        );
+        Self::apply_retention(&mut tx, queue, &acked, now).await?;
         for (queue, n) in done {
             sqlx::query("UPDATE queue_state SET done = done + ? WHERE queue = ?")
                 .bind(n)
@@ -365,7 +491,7 @@ impl QueueBackend for SqliteBackend {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(lost)
     }
 
     async fn extend_leases(
@@ -374,11 +500,12 @@ impl QueueBackend for SqliteBackend {
         worker: &str,
         ids: &[String],
         lease: Duration,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<String>> {
         let until = (now_ms() + lease.as_millis() as u64) as i64;
         let mut tx = self.pool.begin().await?;
+        let mut lost = Vec::new();
         for id in ids {
-            sqlx::query(
+            let held = sqlx::query(
                 "UPDATE jobs SET lease_until = ? WHERE id = ? AND worker = ? AND status = 'running'",
             )
             .bind(until)
@@ -386,8 +513,112 @@ impl QueueBackend for SqliteBackend {
             .bind(worker)
             .execute(&mut *tx)
             .await?;
+            if held.rows_affected() == 0 {
+                lost.push(id.clone());
+            }
         }
         tx.commit().await?;
+        Ok(lost)
+    }
+
+    async fn cancel(&self, id: &str) -> anyhow::Result<Cancelled> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT status, queue FROM jobs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((status, queue)) = row else {
+            return Ok(Cancelled::NotFound);
+        };
+        let status = JobStatus::parse(&status)
+            .with_context(|| format!("job {id} has unknown status {status:?}"))?;
+        if status.is_final() {
+            return Ok(Cancelled::AlreadyFinal(status));
+        }
+        // A running job's worker finds the lease gone on its next
+        // heartbeat, and its acknowledgement no longer matches.
+        sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', error = 'cancelled', worker = NULL,
+                    lease_until = NULL, run_at = ?1, updated_ms = ?1 WHERE id = ?2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE queue_state SET cancelled = cancelled + 1 WHERE queue = ?")
+            .bind(queue)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Cancelled::Now(status))
+    }
+
+    async fn report(&self, id: &str, report: Report) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT progress, logs FROM jobs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((progress, logs)) = row else {
+            return Ok(false);
+        };
+        let progress = match report.progress {
+            Some((fraction, message)) => Some(serde_json::to_string(&Progress {
+                fraction,
+                message,
+                at_ms: now_ms(),
+            })?),
+            None => progress,
+        };
+        let mut lines: Vec<String> = match logs {
+            Some(raw) => serde_json::from_str(&raw)?,
+            None => Vec::new(),
+        };
+        lines.extend(report.lines);
+        keep_last_lines(&mut lines);
+        let logs = (!lines.is_empty())
+            .then(|| serde_json::to_string(&lines))
+            .transpose()?;
+        sqlx::query("UPDATE jobs SET progress = ?, logs = ? WHERE id = ?")
+            .bind(progress)
+            .bind(logs)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn purge_jobs(&self, queue: &str, statuses: &[JobStatus]) -> anyhow::Result<u64> {
+        let mut forgotten = 0;
+        for status in statuses.iter().filter(|s| s.is_final()) {
+            let deleted = sqlx::query("DELETE FROM jobs WHERE queue = ? AND status = ?")
+                .bind(queue)
+                .bind(status.as_str())
+                .execute(&self.pool)
+                .await?;
+            forgotten += deleted.rows_affected();
+        }
+        Ok(forgotten)
+    }
+
+    async fn configure(&self, queue: &str, options: &QueueOptions) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        Self::ensure_queue(&mut conn, queue).await?;
+        sqlx::query(
+            "UPDATE queue_state SET max_per_key = ?, keep_done_ms = ?, keep_dead_ms = ?,
+                    remove_on_complete = ? WHERE queue = ?",
+        )
+        .bind(options.max_per_key.map(i64::from))
+        .bind(options.keep_done_ms.map(|ms| ms as i64))
+        .bind(options.keep_dead_ms.map(|ms| ms as i64))
+        .bind(options.remove_on_complete)
+        .bind(queue)
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
 
@@ -414,6 +645,20 @@ impl QueueBackend for SqliteBackend {
             self.waker(&queue).notify_one();
         }
         Ok(())
+    }
+
+    async fn find_by_key(
+        &self,
+        queue: &str,
+        idempotency_key: &str,
+    ) -> anyhow::Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM jobs WHERE queue = ? AND idempotency_key = ?")
+                .bind(queue)
+                .bind(idempotency_key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
@@ -493,6 +738,7 @@ impl QueueBackend for SqliteBackend {
                 "pending" | "failed" => counts.pending += n,
                 "running" => counts.running += n,
                 "dead" => counts.dead += n,
+                "cancelled" => counts.cancelled += n,
                 _ => {}
             }
         }
@@ -552,8 +798,132 @@ impl QueueBackend for SqliteBackend {
     }
 }
 
+/// Due jobs without a key, in fetch order (the partial index
+/// `jobs_runnable_unkeyed` holds exactly the rows this reads).
+const UNKEYED_DUE: &str = "SELECT seq FROM jobs
+    WHERE status IN ('pending', 'failed') AND concurrency_key IS NULL AND queue = ";
+
+/// Most keys one fetch looks at.
+const MAX_KEYS_PER_FETCH: i64 = 1_000;
+
+/// The due jobs a fetch leases while keyed jobs wait: unkeyed jobs take up
+/// to half, then the keys take turns (starting at a different key each
+/// fetch), each an equal share, within the queue's `max_per_key` running
+/// jobs per key; whatever is left goes to unkeyed jobs again. Every step
+/// reads an index, never the whole backlog.
+async fn fair_due(
+    conn: &mut sqlx::SqliteConnection,
+    queue: &str,
+    now: i64,
+    max: usize,
+    turn: usize,
+) -> anyhow::Result<Vec<i64>> {
+    let cap: Option<i64> =
+        sqlx::query_scalar("SELECT max_per_key FROM queue_state WHERE queue = ?")
+            .bind(queue)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+    let mut seqs = unkeyed_due(conn, queue, now, max.div_ceil(2), 0).await?;
+    let unkeyed = seqs.len();
+    let mut keys = waiting_keys(conn, queue).await?;
+    if !keys.is_empty() {
+        let start = turn % keys.len();
+        keys.rotate_left(start);
+    }
+    let running: HashMap<String, i64> = sqlx::query_as(
+        "SELECT concurrency_key, COUNT(*) FROM jobs WHERE queue = ? AND status = 'running'
+         AND concurrency_key IS NOT NULL GROUP BY concurrency_key",
+    )
+    .bind(queue)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let mut taken: HashMap<&str, i64> = HashMap::new();
+    for _round in 0..2 {
+        let want = max - seqs.len();
+        if want == 0 || keys.is_empty() {
+            break;
+        }
+        let share = want.div_ceil(keys.len()) as i64;
+        for key in &keys {
+            let left = (max - seqs.len()) as i64;
+            let mine = taken.entry(key.as_str()).or_default();
+            let mut room = share.min(left);
+            if let Some(cap) = cap {
+                room = room.min(cap - running.get(key).copied().unwrap_or(0) - *mine);
+            }
+            if room <= 0 {
+                continue;
+            }
+            let got: Vec<i64> = sqlx::query_scalar(
+                "SELECT seq FROM jobs WHERE queue = ? AND concurrency_key = ?
+                 AND status IN ('pending', 'failed') AND run_at <= ?
+                 ORDER BY priority DESC, seq LIMIT ? OFFSET ?",
+            )
+            .bind(queue)
+            .bind(key)
+            .bind(now)
+            .bind(room)
+            .bind(*mine)
+            .fetch_all(&mut *conn)
+            .await?;
+            *mine += got.len() as i64;
+            seqs.extend(got);
+        }
+    }
+    let left = max - seqs.len();
+    seqs.extend(unkeyed_due(conn, queue, now, left, unkeyed).await?);
+    Ok(seqs)
+}
+
+async fn unkeyed_due(
+    conn: &mut sqlx::SqliteConnection,
+    queue: &str,
+    now: i64,
+    limit: usize,
+    skip: usize,
+) -> anyhow::Result<Vec<i64>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "{UNKEYED_DUE} ? AND run_at <= ? ORDER BY priority DESC, seq LIMIT ? OFFSET ?"
+    )))
+    .bind(queue)
+    .bind(now)
+    .bind(limit as i64)
+    .bind(skip as i64)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// The keys with waiting jobs, read by skipping through the keyed index
+/// (one lookup per key, not per job).
+async fn waiting_keys(
+    conn: &mut sqlx::SqliteConnection,
+    queue: &str,
+) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "WITH RECURSIVE k(key) AS (
+            SELECT MIN(concurrency_key) FROM jobs WHERE queue = ?1
+                AND concurrency_key IS NOT NULL AND status IN ('pending', 'failed')
+            UNION ALL
+            SELECT (SELECT MIN(concurrency_key) FROM jobs WHERE queue = ?1
+                AND concurrency_key > k.key AND status IN ('pending', 'failed'))
+            FROM k WHERE k.key IS NOT NULL LIMIT ?2)
+         SELECT key FROM k WHERE key IS NOT NULL",
+    )
+    .bind(queue)
+    .bind(MAX_KEYS_PER_FETCH)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 const JOB_COLUMNS: &str = "id, queue, status, attempts, max_attempts, priority, payload, result, \
-                           error, created_ms, updated_ms";
+                           error, created_ms, updated_ms, concurrency_key, callback_url, \
+                           progress, logs, lease_until";
 
 fn job_info(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JobInfo> {
     let id: String = row.get("id");
@@ -571,8 +941,88 @@ fn job_info(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JobInfo> {
             .map(serde_json::from_str)
             .transpose()?,
         error: row.get("error"),
+        progress: row
+            .get::<Option<&str>, _>("progress")
+            .map(serde_json::from_str)
+            .transpose()?,
+        logs: row
+            .get::<Option<&str>, _>("logs")
+            .map(serde_json::from_str)
+            .transpose()?
+            .unwrap_or_default(),
+        concurrency_key: row.get("concurrency_key"),
+        callback_url: row.get("callback_url"),
+        lease_expires_at_ms: row
+            .get::<Option<i64>, _>("lease_until")
+            .filter(|_| status == "running")
+            .map(|ms| ms as u64),
         created_at_ms: row.get::<i64, _>("created_ms") as u64,
         updated_at_ms: row.get::<i64, _>("updated_ms") as u64,
         id,
     })
+}
+
+/// Columns added after the first release: a queue file written by an older
+/// version gains them on open.
+const ADDED_COLUMNS: [(&str, &str, &str); 9] = [
+    ("jobs", "concurrency_key", "TEXT"),
+    ("jobs", "callback_url", "TEXT"),
+    ("jobs", "progress", "TEXT"),
+    ("jobs", "logs", "TEXT"),
+    ("queue_state", "cancelled", "INTEGER NOT NULL DEFAULT 0"),
+    ("queue_state", "max_per_key", "INTEGER"),
+    ("queue_state", "keep_done_ms", "INTEGER"),
+    ("queue_state", "keep_dead_ms", "INTEGER"),
+    (
+        "queue_state",
+        "remove_on_complete",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
+];
+
+async fn upgrade(pool: &SqlitePool) -> anyhow::Result<()> {
+    add_columns(pool).await?;
+    // Runnable jobs in fetch order, without and with a key: a fetch reads
+    // the first rows, never sorts, and finds the keys by skipping through
+    // the second. (Files from before keys had one index for every job.)
+    sqlx::raw_sql(
+        "DROP INDEX IF EXISTS jobs_runnable;
+         CREATE INDEX IF NOT EXISTS jobs_runnable_unkeyed ON jobs (queue, priority DESC, seq)
+             WHERE status IN ('pending', 'failed') AND concurrency_key IS NULL;
+         CREATE INDEX IF NOT EXISTS jobs_keyed ON jobs (queue, concurrency_key, priority DESC, seq)
+             WHERE status IN ('pending', 'failed') AND concurrency_key IS NOT NULL;",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn add_columns(pool: &SqlitePool) -> anyhow::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"
+        )))
+        .fetch_one(pool)
+        .await?;
+        if present == 0 {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {kind}"
+            )))
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops the oldest lines until at most [`MAX_LOG_LINES`] lines and
+/// [`MAX_LOG_BYTES`] bytes are left.
+fn keep_last_lines(lines: &mut Vec<String>) {
+    let mut bytes: usize = lines.iter().map(String::len).sum();
+    let mut first = 0;
+    while lines.len() - first > MAX_LOG_LINES || bytes > MAX_LOG_BYTES {
+        bytes -= lines[first].len();
+        first += 1;
+    }
+    lines.drain(..first);
 }

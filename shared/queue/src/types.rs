@@ -28,6 +28,29 @@ pub struct NewJob {
     pub backoff_ms: u64,
     pub idempotency_key: Option<String>,
     pub delay_ms: u64,
+    /// Jobs sharing a key (a tenant, a user) take turns: at most the queue's
+    /// `max_per_key` of them run at once, so one key's flood cannot starve
+    /// the others.
+    pub concurrency_key: Option<String>,
+    /// Told (signed POST) when the job ends: done, dead or cancelled.
+    pub callback_url: Option<String>,
+}
+
+impl NewJob {
+    /// A job with the engine's defaults: priority 0, 3 attempts, 1 s backoff.
+    pub fn new(queue: impl Into<String>, payload: Value) -> Self {
+        Self {
+            queue: queue.into(),
+            payload,
+            priority: 0,
+            max_attempts: 3,
+            backoff_ms: 1_000,
+            idempotency_key: None,
+            delay_ms: 0,
+            concurrency_key: None,
+            callback_url: None,
+        }
+    }
 }
 
 /// The answer to one pushed job: its id, and whether an earlier push with the
@@ -52,6 +75,8 @@ pub enum JobStatus {
     Failed,
     /// Every attempt failed; kept for inspection and re-queueing.
     Dead,
+    /// Cancelled before it finished; never runs again.
+    Cancelled,
 }
 
 impl JobStatus {
@@ -62,6 +87,7 @@ impl JobStatus {
             JobStatus::Done => "done",
             JobStatus::Failed => "failed",
             JobStatus::Dead => "dead",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 
@@ -72,6 +98,7 @@ impl JobStatus {
             "done" => JobStatus::Done,
             "failed" => JobStatus::Failed,
             "dead" => JobStatus::Dead,
+            "cancelled" => JobStatus::Cancelled,
             _ => return None,
         })
     }
@@ -93,8 +120,95 @@ pub struct JobInfo {
     pub result: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The last progress the handler reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// The handler's last log lines, oldest first (at most
+    /// [`MAX_LOG_LINES`] lines and [`MAX_LOG_BYTES`] bytes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// When a running job's lease ends unless its worker renews it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at_ms: Option<u64>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+}
+
+impl JobStatus {
+    /// Whether the job has ended for good (done, dead or cancelled).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Done | JobStatus::Dead | JobStatus::Cancelled
+        )
+    }
+}
+
+/// How far a running job is, as its handler last said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    /// From 0 to 1.
+    pub fraction: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub at_ms: u64,
+}
+
+/// Log lines kept per job.
+pub const MAX_LOG_LINES: usize = 100;
+/// Log bytes kept per job (the oldest lines go first).
+pub const MAX_LOG_BYTES: usize = 64 * 1024;
+/// Longest log line or progress message; longer ones are cut.
+pub const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
+/// Longest concurrency key.
+pub const MAX_CONCURRENCY_KEY_LEN: usize = 128;
+
+/// Per-queue engine settings (from the queue registry).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// Most jobs of one concurrency key running at once; `None`: no limit
+    /// (keys still take turns).
+    pub max_per_key: Option<u32>,
+    /// How long done jobs stay readable (default 24 h).
+    pub keep_done_ms: Option<u64>,
+    /// How long dead and cancelled jobs stay (default: until requeued or
+    /// purged).
+    pub keep_dead_ms: Option<u64>,
+    /// Forget a job as soon as it is done (its status then reads as unknown).
+    pub remove_on_complete: bool,
+}
+
+impl From<&orchestrator_core::store::QueueSettings> for QueueOptions {
+    fn from(settings: &orchestrator_core::store::QueueSettings) -> Self {
+        Self {
+            max_per_key: settings.max_per_key.map(|m| m.max(1) as u32),
+            keep_done_ms: settings.keep_done_ms.map(|ms| ms.max(0) as u64),
+            keep_dead_ms: settings.keep_dead_ms.map(|ms| ms.max(0) as u64),
+            remove_on_complete: settings.remove_on_complete,
+        }
+    }
+}
+
+/// What a handler reports about its running job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    pub progress: Option<(f64, String)>,
+    pub lines: Vec<String>,
+}
+
+/// What cancelling a job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was waiting, delayed or running (the status it had); it is now
+    /// `cancelled` and never starts again.
+    Now(JobStatus),
+    /// It had already ended with this status; nothing changed.
+    AlreadyFinal(JobStatus),
+    NotFound,
 }
 
 /// A job handed to a worker under a lease.
@@ -106,6 +220,10 @@ pub struct LeasedJob {
     /// This attempt's number, starting at 1.
     pub attempt: u32,
     pub max_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// What a fetch returned: the leased jobs, and when the next delayed job is
@@ -115,6 +233,9 @@ pub struct Fetched {
     pub jobs: Vec<LeasedJob>,
     pub next_due_ms: Option<u64>,
     pub paused: bool,
+    /// Callback jobs of jobs found dead because their last lease expired
+    /// (no worker acknowledged them): the fetcher pushes them.
+    pub callbacks: Vec<NewJob>,
 }
 
 /// The outcome of one attempt, reported by the worker that ran it.
@@ -123,7 +244,36 @@ pub struct Ack {
     pub id: String,
     /// The attempt this outcome ends (from [`LeasedJob::attempt`]).
     pub attempt: u32,
-    pub outcome: Result<Value, String>,
+    pub outcome: Result<Value, Failure>,
+}
+
+/// A failed attempt: what went wrong and when (if ever) to try again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: String,
+    pub retry: Retry,
+}
+
+impl Failure {
+    /// A failure retried after the queue's backoff.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry: Retry::Backoff,
+        }
+    }
+}
+
+/// When a failed job runs again (while it has attempts left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// After the queue's exponential backoff.
+    Backoff,
+    /// After this many milliseconds (a `Retry-After` the target asked for),
+    /// capped at [`MAX_BACKOFF_MS`].
+    After(u64),
+    /// Never: the job is dead at once (the input can never succeed).
+    Never,
 }
 
 /// Live counts for one queue.
@@ -139,6 +289,8 @@ pub struct QueueCounts {
     pub failed: u64,
     /// Jobs that used up their attempts.
     pub dead: u64,
+    /// Jobs cancelled (kept until purged or past retention).
+    pub cancelled: u64,
     /// Worker processes that served this queue in the last 15 seconds.
     pub workers: u64,
 }
@@ -173,6 +325,7 @@ mod tests {
             JobStatus::Done,
             JobStatus::Failed,
             JobStatus::Dead,
+            JobStatus::Cancelled,
         ] {
             assert_eq!(JobStatus::parse(status.as_str()), Some(status));
         }

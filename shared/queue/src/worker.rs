@@ -12,7 +12,7 @@
 //! [`run`] returns.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -30,12 +30,13 @@ use apalis_core::{
 };
 use futures::{FutureExt, future::BoxFuture};
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tower::{layer::util::Identity, limit::RateLimitLayer, service_fn};
 
-use super::{Ack, LeasedJob, QueueBackend};
-use crate::JobHandler;
+use super::{Ack, Failure, LeasedJob, QueueBackend};
+use crate::callback::{JobEnded, callback_job};
+use crate::{JobContext, JobError, JobHandler};
 use orchestrator_core::{metrics as m, now_ms, system};
 
 /// Most jobs one fetch asks for.
@@ -62,7 +63,15 @@ pub struct WorkerOptions {
 
 /// Jobs this worker holds (leased, not yet acknowledged): renewed by the
 /// heartbeat loop, released or acknowledged before exit.
-type Held = Arc<Mutex<HashSet<String>>>;
+type Held = Arc<Mutex<HashMap<String, HeldJob>>>;
+
+/// One held job: the token its handler watches (cancelled when the lease is
+/// lost), and where to tell that it ended, if anywhere.
+struct HeldJob {
+    cancel: CancellationToken,
+    /// The job's `callback_url` and `max_attempts` (to know a final failure).
+    callback: Option<(String, u32)>,
+}
 
 /// Runs one worker for one queue until `shutdown` is cancelled and every job
 /// it held has been acknowledged or released.
@@ -83,12 +92,17 @@ pub async fn run(
     // Its own token: fetching must also stop if the apalis worker ends
     // without a shutdown request.
     let stop_fetching = shutdown.child_token();
+    // Told when acknowledged jobs free their slots: a fetch that found
+    // nothing it may take now (every waiting key at its max_per_key) can
+    // find something once running jobs end.
+    let slots_freed = Arc::new(Notify::new());
     let fetcher = tokio::spawn(fetch_loop(
         backend.clone(),
         options.clone(),
         capacity.clone(),
         held.clone(),
         task_tx,
+        slots_freed.clone(),
         stop_fetching.clone(),
     ));
     let acker = tokio::spawn(ack_loop(
@@ -98,6 +112,7 @@ pub async fn run(
         ack_rx,
         capacity.clone(),
         held.clone(),
+        slots_freed,
     ));
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat_loop(
@@ -108,6 +123,12 @@ pub async fn run(
     ));
 
     let job_metrics = Arc::new(JobMetrics::new(&options.queue));
+    let running = Running {
+        handler,
+        meters: job_metrics,
+        held: held.clone(),
+        backend: backend.clone(),
+    };
     let worker = WorkerBuilder::new(options.worker_id.as_str())
         .backend(JobSource {
             tasks: task_rx.clone(),
@@ -121,7 +142,7 @@ pub async fn run(
         .ack_with(Acknowledger { tx: ack_tx })
         .catch_panic()
         .build(service_fn(move |task: Task<LeasedJob>| {
-            run_one(handler.clone(), job_metrics.clone(), task.args)
+            run_one(running.clone(), task.args)
         }));
     let stop = shutdown.clone();
     let result = worker
@@ -186,31 +207,59 @@ impl JobMetrics {
     }
 }
 
-/// Runs the handler for one job and records its metrics. An error or a panic
-/// fails the attempt: panics are caught here so the job records the panic
-/// message; apalis' catch-panic layer still guards the rest of the stack.
-async fn run_one(
+/// What running one job needs, shared by every job of the worker.
+#[derive(Clone)]
+struct Running {
     handler: Arc<dyn JobHandler>,
     meters: Arc<JobMetrics>,
-    job: LeasedJob,
-) -> Result<Value, BoxDynError> {
+    held: Held,
+    backend: Arc<dyn QueueBackend>,
+}
+
+/// Runs the handler for one job and records its metrics. An error or a panic
+/// fails the attempt: panics are caught here so the job records the panic
+/// message; apalis' catch-panic layer still guards the rest of the stack. A
+/// job cancelled while it runs (or whose lease was lost) is stopped at the
+/// handler's next `.await`; its outcome is then ignored by the backend.
+async fn run_one(running: Running, job: LeasedJob) -> Result<Value, BoxDynError> {
+    let Running {
+        handler,
+        meters,
+        held,
+        backend,
+    } = running;
+    let cancel = held
+        .lock()
+        .expect("held lock")
+        .get(&job.id)
+        .map(|held| held.cancel.clone())
+        .unwrap_or_default();
+    let ctx = JobContext::new(job.id.clone(), cancel.clone(), backend);
     let started = Instant::now();
     let counts = orchestrator_core::fleet::job_counts();
     meters.active.increment(1.0);
     counts.started();
-    let result = std::panic::AssertUnwindSafe(handler.run(&job))
-        .catch_unwind()
-        .await;
+    let attempt = std::panic::AssertUnwindSafe(handler.run(&job, &ctx)).catch_unwind();
+    let result = tokio::select! {
+        result = attempt => Some(result),
+        _ = cancel.cancelled() => None,
+    };
     counts.finished();
     meters.active.decrement(1.0);
     meters.duration.record(started.elapsed().as_secs_f64());
     let result = match result {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(panic) => Err(format!("handler panicked: {}", panic_message(&panic))),
+        Some(Ok(result)) => result,
+        Some(Err(panic)) => Err(JobError::new(format!(
+            "handler panicked: {}",
+            panic_message(&panic)
+        ))),
+        None => Err(JobError::new("cancelled while running")),
     };
     match &result {
         Ok(_) => meters.done.increment(1),
-        Err(_) if job.attempt >= job.max_attempts => meters.dead.increment(1),
+        Err(e) if job.attempt >= job.max_attempts || e.retry == crate::Retry::Never => {
+            meters.dead.increment(1)
+        }
         Err(_) => meters.failed.increment(1),
     }
     result.map_err(BoxDynError::from)
@@ -234,6 +283,7 @@ async fn fetch_loop(
     capacity: Arc<Semaphore>,
     held: Held,
     tasks: mpsc::UnboundedSender<Task<LeasedJob>>,
+    slots_freed: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let mut error_backoff = Duration::from_millis(100);
@@ -266,11 +316,22 @@ async fn fetch_loop(
         {
             Ok(fetched) => {
                 error_backoff = Duration::from_millis(100);
+                if !fetched.callbacks.is_empty() {
+                    let callbacks = &fetched.callbacks;
+                    retry_until_stored("callback push", || backend.push(callbacks.clone())).await;
+                }
                 capacity.add_permits(wanted - fetched.jobs.len());
                 let idle = fetched.jobs.is_empty();
                 counts.leased(fetched.jobs.len());
                 for job in fetched.jobs {
-                    held.lock().expect("held lock").insert(job.id.clone());
+                    let callback = job.callback_url.clone().map(|url| (url, job.max_attempts));
+                    let entry = HeldJob {
+                        cancel: CancellationToken::new(),
+                        callback,
+                    };
+                    held.lock()
+                        .expect("held lock")
+                        .insert(job.id.clone(), entry);
                     let task = TaskBuilder::new(job.clone())
                         .task_id(TaskId::from_string(job.id.clone()))
                         .data(Attempt(job.attempt))
@@ -288,6 +349,7 @@ async fn fetch_loop(
                     };
                     tokio::select! {
                         _ = backend.wait_for_jobs(&options.queue, wait) => {}
+                        _ = slots_freed.notified() => {}
                         _ = system_changes.changed() => {}
                         _ = shutdown.cancelled() => return,
                     }
@@ -317,15 +379,20 @@ async fn ack_loop(
     mut acks: mpsc::UnboundedReceiver<Ack>,
     capacity: Arc<Semaphore>,
     held: Held,
+    slots_freed: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(MAX_ACK_BATCH);
     while acks.recv_many(&mut batch, MAX_ACK_BATCH).await > 0 {
-        let mut delay = Duration::from_millis(50);
-        while let Err(err) = backend.ack(&queue, &worker_id, batch.clone()).await {
-            tracing::warn!("acknowledgement failed: {err:#}; retrying in {delay:?}");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+        // Callbacks are stored before the outcomes they tell of: a crash in
+        // between repeats a notice (at least once), never loses one.
+        let callbacks = final_callbacks(&queue, &batch, &held);
+        if !callbacks.is_empty() {
+            retry_until_stored("callback push", || backend.push(callbacks.clone())).await;
         }
+        retry_until_stored("acknowledgement", || {
+            backend.ack(&queue, &worker_id, batch.clone())
+        })
+        .await;
         {
             let mut held = held.lock().expect("held lock");
             for ack in &batch {
@@ -333,8 +400,47 @@ async fn ack_loop(
             }
         }
         capacity.add_permits(batch.len());
+        slots_freed.notify_one();
         orchestrator_core::fleet::job_counts().let_go(batch.len());
         batch.clear();
+    }
+}
+
+/// The callback jobs of the acknowledgements in `batch` that end their
+/// job (done, or a failure with no retry left) and asked for one.
+fn final_callbacks(queue: &str, batch: &[Ack], held: &Held) -> Vec<crate::NewJob> {
+    let held = held.lock().expect("held lock");
+    batch
+        .iter()
+        .filter_map(|ack| {
+            let (url, max_attempts) = held.get(&ack.id)?.callback.as_ref()?;
+            let ended = JobEnded::from_ack(queue, ack, *max_attempts)?;
+            Some(callback_job(
+                url,
+                &ended,
+                &format!("{}:{}", ack.id, ack.attempt),
+            ))
+        })
+        .collect()
+}
+
+/// Runs `call` until it succeeds, backing off: an outcome is only lost if
+/// the process dies (and then the job's lease expires and it runs again).
+async fn retry_until_stored<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(err) => {
+                tracing::warn!("{what} failed: {err:#}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
@@ -353,12 +459,22 @@ async fn heartbeat_loop(
         {
             tracing::warn!("worker registration failed: {err:#}");
         }
-        let ids: Vec<String> = held.lock().expect("held lock").iter().cloned().collect();
-        if let Err(err) = backend
+        let ids: Vec<String> = held.lock().expect("held lock").keys().cloned().collect();
+        match backend
             .extend_leases(&options.queue, &options.worker_id, &ids, options.lease)
             .await
         {
-            tracing::warn!("lease extension failed: {err:#}");
+            // Cancelled, or taken over after this worker stalled: stop the
+            // handler, whatever it would report is ignored anyway.
+            Ok(lost) => {
+                let held = held.lock().expect("held lock");
+                for id in lost {
+                    if let Some(job) = held.get(&id) {
+                        job.cancel.cancel();
+                    }
+                }
+            }
+            Err(err) => tracing::warn!("lease extension failed: {err:#}"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -445,7 +561,13 @@ impl apalis_core::worker::ext::ack::Acknowledge<Value> for Acknowledger {
         if let Some(id) = ctx.task_id() {
             let outcome = match result {
                 Ok(value) => Ok(value.clone()),
-                Err(err) => Err(err.to_string()),
+                Err(err) => Err(match err.downcast_ref::<JobError>() {
+                    Some(err) => Failure {
+                        message: err.message.clone(),
+                        retry: err.retry,
+                    },
+                    None => Failure::new(err.to_string()),
+                }),
             };
             let attempt = ctx.data().get::<Attempt>().map_or(0, |a| a.0);
             let _ = self.tx.send(Ack {

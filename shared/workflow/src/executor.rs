@@ -53,16 +53,16 @@ struct Outcome {
 impl Workflows {
     /// Runs one `inference` job.
     pub async fn run_task(&self, job: &LeasedJob) -> Result<Value, JobError> {
-        let payload = parse_payload(&job.payload).map_err(JobError)?;
-        let internal = |e: anyhow::Error| JobError(format!("{e:#}"));
+        let payload = parse_payload(&job.payload).map_err(JobError::new)?;
+        let internal = |e: anyhow::Error| JobError::new(format!("{e:#}"));
         let task = state::task(&self.db, &payload.task_id)
             .await
             .map_err(internal)?
-            .ok_or_else(|| JobError(format!("no task {}", payload.task_id)))?;
+            .ok_or_else(|| JobError::new(format!("no task {}", payload.task_id)))?;
         let workflow = state::workflow(&self.db, &task.workflow_id)
             .await
             .map_err(internal)?
-            .ok_or_else(|| JobError(format!("no workflow {}", task.workflow_id)))?;
+            .ok_or_else(|| JobError::new(format!("no workflow {}", task.workflow_id)))?;
         if task.status == status::DONE {
             // A re-delivery after a crash between storing the result and
             // queueing the dependents: queue them (idempotently) again.
@@ -73,7 +73,7 @@ impl Workflows {
             return Ok(json!({"task": task.id, "skipped": workflow.status}));
         }
         let plan: Plan = serde_json::from_str(&task.plan)
-            .map_err(|e| JobError(format!("task {} has a bad plan: {e}", task.id)))?;
+            .map_err(|e| JobError::new(format!("task {} has a bad plan: {e}", task.id)))?;
         if !state::claim(&self.db, &task.id, &plan.primary)
             .await
             .map_err(internal)?
@@ -305,7 +305,7 @@ impl Workflows {
         outcome: Outcome,
         attempts: Value,
     ) -> Result<Value, JobError> {
-        let internal = |e: anyhow::Error| JobError(format!("{e:#}"));
+        let internal = |e: anyhow::Error| JobError::new(format!("{e:#}"));
         let completion = &outcome.answer.completion;
         let result = TaskResult {
             model: outcome.answer.model.clone(),
@@ -341,6 +341,7 @@ impl Workflows {
             .await?
             {
                 self.remember(workflow, &result).await;
+                self.tell_callback(&workflow.id).await;
             }
             let fresh = state::workflow(&self.db, &workflow.id).await?;
             if let Some(fresh) = fresh {
@@ -365,19 +366,20 @@ impl Workflows {
         task: &TaskRow,
         attempts: Value,
     ) -> Result<Value, JobError> {
-        let internal = |e: anyhow::Error| JobError(format!("{e:#}"));
+        let internal = |e: anyhow::Error| JobError::new(format!("{e:#}"));
         let message = format!("every planned model failed for task {}", task.name);
         if job.attempt < job.max_attempts {
             state::requeue(&self.db, &task.id, &attempts)
                 .await
                 .map_err(internal)?;
-            return Err(JobError(message));
+            return Err(JobError::new(message));
         }
         state::fail(&self.db, task, &message, &attempts)
             .await
             .map_err(internal)?;
         let event = json!({"type": "error", "workflow_id": workflow.id, "message": message});
         self.events.publish(&workflow.id, event).await;
+        self.tell_callback(&workflow.id).await;
         Ok(json!({"task": task.id, "failed": message}))
     }
 

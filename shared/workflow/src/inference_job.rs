@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use orchestrator_queue::{JobError, JobHandler, LeasedJob, QueueDefaults};
+use orchestrator_queue::{JobContext, JobError, JobHandler, LeasedJob, QueueDefaults};
 
 use crate::{INFERENCE_QUEUE, Workflows, executor};
 
@@ -46,11 +46,11 @@ impl JobHandler for Inference {
         executor::parse_payload(payload).map(|_| ())
     }
 
-    async fn run(&self, job: &LeasedJob) -> Result<Value, JobError> {
+    async fn run(&self, job: &LeasedJob, _ctx: &JobContext) -> Result<Value, JobError> {
         let workflows = self
             .workflows
             .get()
-            .ok_or_else(|| JobError("workflows are not ready yet".into()))?;
+            .ok_or_else(|| JobError::new("workflows are not ready yet"))?;
         workflows.run_task(job).await
     }
 }

@@ -65,6 +65,9 @@ pub struct WorkflowRequest {
     /// Most the workflow may spend, in USD.
     #[serde(default)]
     pub budget_usd: Option<f64>,
+    /// An http(s) URL told (signed POST) when the workflow ends.
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -206,6 +209,7 @@ impl Workflows {
             "consensus": request.consensus,
             "budget_usd": request.budget_usd,
             "decomposer": decomposer,
+            "callback_url": request.callback_url,
         });
         let in_flight = self.models.in_flight().await?;
         let mut assigned = HashMap::new();
@@ -448,6 +452,8 @@ impl Workflows {
                 backoff_ms: 1_000,
                 idempotency_key: Some(t.id.clone()),
                 delay_ms: 0,
+                concurrency_key: None,
+                callback_url: None,
             })
             .collect();
         if !ready.is_empty() {
@@ -465,6 +471,56 @@ impl Workflows {
             self.queue_ready(id).await?;
         }
         Ok(ids.len())
+    }
+
+    /// Cancels a running workflow: its unfinished tasks never run, and the
+    /// ones running are stopped (their jobs are cancelled). `None` for an
+    /// unknown workflow, `Some(false)` for one that has already ended.
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<Option<bool>> {
+        if state::workflow(&self.db, id).await?.is_none() {
+            return Ok(None);
+        }
+        let Some(unfinished) = state::cancel(&self.db, id).await? else {
+            return Ok(Some(false));
+        };
+        // A task's job is pushed with the task id as its idempotency key.
+        for task in unfinished {
+            if let Some(job) = self.queue.find_by_key(INFERENCE_QUEUE, &task.id).await? {
+                self.queue.cancel(&job).await?;
+            }
+        }
+        let event = json!({"type": "error", "workflow_id": id, "message": "cancelled"});
+        self.events.publish(id, event).await;
+        self.tell_callback(id).await;
+        Ok(Some(true))
+    }
+
+    /// Pushes the callback of a workflow that has just ended, if it asked
+    /// for one: `{"id", "kind": "workflow", "status", "result"?, "error"?}`.
+    /// Best effort, like a job's: the outcome is stored already.
+    pub(crate) async fn tell_callback(&self, id: &str) {
+        let workflow = match state::workflow(&self.db, id).await {
+            Ok(Some(workflow)) => workflow,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(workflow = %id, "cannot read the workflow for its callback: {err:#}");
+                return;
+            }
+        };
+        let options: Value = serde_json::from_str(&workflow.options).unwrap_or_default();
+        let Some(url) = options["callback_url"].as_str() else {
+            return;
+        };
+        let ended = json!({
+            "id": workflow.id,
+            "kind": "workflow",
+            "status": workflow.status,
+            "result": workflow.result,
+            "error": workflow.error,
+        });
+        let key = format!("workflow:{}", workflow.id);
+        let job = orchestrator_queue::callback::callback_job(url, &ended, &key);
+        orchestrator_queue::callback::push_callbacks(self.queue.clone(), vec![job]);
     }
 
     pub async fn view(&self, id: &str) -> anyhow::Result<Option<WorkflowView>> {

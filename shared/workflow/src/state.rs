@@ -24,6 +24,7 @@ pub mod status {
     pub const RUNNING: &str = "running";
     pub const DONE: &str = "done";
     pub const FAILED: &str = "failed";
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// Workflow states.
@@ -31,6 +32,7 @@ pub mod workflow_status {
     pub const RUNNING: &str = "running";
     pub const COMPLETED: &str = "completed";
     pub const FAILED: &str = "failed";
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// What a finished task stores.
@@ -258,6 +260,40 @@ pub async fn finish(
         .exec(db)
         .await?;
     Ok(updated.rows_affected == 1)
+}
+
+/// Cancels a running workflow and its unfinished tasks, once: the tasks
+/// that were unfinished, or `None` if the workflow was not running.
+pub async fn cancel(
+    db: &DatabaseConnection,
+    workflow_id: &str,
+) -> anyhow::Result<Option<Vec<TaskRow>>> {
+    let txn = orchestrator_core::store::begin_write(db).await?;
+    if !finish(
+        &txn,
+        workflow_id,
+        workflow_status::CANCELLED,
+        None,
+        Some("cancelled"),
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    let unfinished: Vec<TaskRow> = tasks_of(&txn, workflow_id)
+        .await?
+        .into_iter()
+        .filter(|t| ![status::DONE, status::FAILED].contains(&t.status.as_str()))
+        .collect();
+    tasks::Entity::update_many()
+        .col_expr(tasks::Column::Status, Expr::value(status::CANCELLED))
+        .col_expr(tasks::Column::UpdatedAtMs, Expr::value(now_ms() as i64))
+        .filter(tasks::Column::WorkflowId.eq(workflow_id))
+        .filter(tasks::Column::Status.is_in([status::WAITING, status::QUEUED, status::RUNNING]))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(Some(unfinished))
 }
 
 /// The indexes a task depends on.

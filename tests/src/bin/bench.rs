@@ -134,15 +134,7 @@ fn unique_prefix() -> String {
 
 fn noop_jobs(n: u64) -> Vec<NewJob> {
     (0..n)
-        .map(|_| NewJob {
-            queue: "noop".into(),
-            payload: Value::Null,
-            priority: 0,
-            max_attempts: 3,
-            backoff_ms: 1_000,
-            idempotency_key: None,
-            delay_ms: 0,
-        })
+        .map(|_| NewJob::new("noop", Value::Null))
         .collect()
 }
 

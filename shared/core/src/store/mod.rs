@@ -15,6 +15,7 @@ pub mod model_history_entity;
 pub mod pack_entity;
 pub mod pack_file_entity;
 pub mod queue_entity;
+pub mod schedule_entity;
 pub mod training_run_entity;
 pub mod workflow_entity;
 pub mod workflow_task_entity;
@@ -84,6 +85,10 @@ pub struct QueueUpdate {
     pub backoff_ms: Option<u64>,
     pub concurrency: Option<u32>,
     pub rate_limit_per_s: Option<Option<u32>>,
+    pub max_per_key: Option<Option<u32>>,
+    pub keep_done_ms: Option<Option<u64>>,
+    pub keep_dead_ms: Option<Option<u64>>,
+    pub remove_on_complete: Option<bool>,
 }
 
 impl Store {
@@ -191,6 +196,13 @@ impl Store {
                 backoff_ms: Set(defaults.backoff_ms as i64),
                 concurrency: Set(defaults.concurrency as i32),
                 rate_limit_per_s: Set(None),
+                handler: Set("builtin".to_string()),
+                target_url: Set(None),
+                target_timeout_ms: Set(None),
+                max_per_key: Set(None),
+                keep_done_ms: Set(None),
+                keep_dead_ms: Set(None),
+                remove_on_complete: Set(false),
                 created_at_ms: Set(now),
                 updated_at_ms: Set(now),
             }
@@ -204,6 +216,18 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Registers a queue the user defined; false when the name is taken.
+    pub async fn create_queue(&self, queue: QueueSettings) -> anyhow::Result<bool> {
+        let name = queue.name.clone();
+        let row: QueueActive = queue.into();
+        match Queues::insert(row.reset_all()).exec(&self.db).await {
+            Ok(_) => Ok(true),
+            // Unique name: the insert fails if it exists (or was just made).
+            Err(_) if self.queue(&name).await?.is_some() => Ok(false),
+            Err(err) => Err(err).with_context(|| format!("cannot register queue {name}")),
+        }
     }
 
     pub async fn queues(&self) -> anyhow::Result<Vec<QueueSettings>> {
@@ -241,6 +265,18 @@ impl Store {
         }
         if let Some(rate) = update.rate_limit_per_s {
             row.rate_limit_per_s = Set(rate.map(|r| r as i32));
+        }
+        if let Some(max) = update.max_per_key {
+            row.max_per_key = Set(max.map(|m| m as i32));
+        }
+        if let Some(keep) = update.keep_done_ms {
+            row.keep_done_ms = Set(keep.map(|ms| ms as i64));
+        }
+        if let Some(keep) = update.keep_dead_ms {
+            row.keep_dead_ms = Set(keep.map(|ms| ms as i64));
+        }
+        if let Some(remove) = update.remove_on_complete {
+            row.remove_on_complete = Set(remove);
         }
         row.updated_at_ms = Set(now_ms() as i64);
         Ok(Some(row.update(&self.db).await?))

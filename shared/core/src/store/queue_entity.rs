@@ -13,6 +13,17 @@ pub struct Model {
     pub backoff_ms: i64,
     pub concurrency: i32,
     pub rate_limit_per_s: Option<i32>,
+    /// Who runs the jobs: `builtin` (a handler in the fleet), `external`
+    /// (workers anywhere, over the lease API) or `http` (POSTed to
+    /// `target_url`).
+    pub handler: String,
+    pub target_url: Option<String>,
+    pub target_timeout_ms: Option<i64>,
+    /// Most jobs of one concurrency key running at once.
+    pub max_per_key: Option<i32>,
+    pub keep_done_ms: Option<i64>,
+    pub keep_dead_ms: Option<i64>,
+    pub remove_on_complete: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }

@@ -2,7 +2,9 @@
 -- ARGV: prefix, queue, now_ms, worker slot, retention_ms, max_backoff_ms,
 --   ok_count, the ok ids joined by commas, then ok_count ids,
 --   then ok_count pairs: id, result record,
---   then per failure: id, error record.
+--   then per failure: id, error record, retry ('' = the backoff, 'never',
+--   or a delay in ms).
+-- Returns the ids whose lease this worker no longer held (ignored).
 -- The caller lays the arguments out as the bulk commands need them, so the
 -- common path copies nothing in Lua. Acks for jobs whose lease this worker
 -- lost are ignored: those jobs run again.
@@ -11,6 +13,12 @@ local retention, max_backoff, ok_count = tonumber(ARGV[5]), tonumber(ARGV[6]), t
 local joined = ARGV[8]
 local qk = prefix .. ':q:' .. queue
 local ids_at = 9
+local lost_ids = {}
+local conf = redis.call('HMGET', qk .. ':conf', 'keep_done', 'keep_dead', 'remove')
+if conf[1] then retention = tonumber(conf[1]) end
+local keep_dead, remove_done = tonumber(conf[2]), conf[3] == '1'
+-- Keyed jobs running: their keys' running counts go down as they end.
+local keyed = redis.call('EXISTS', qk .. ':krun') == 1
 local pairs_at, fails_at = ids_at + ok_count, ids_at + ok_count * 3
 
 -- Successes, in bulk: check every lease at once; usually all still hold,
@@ -25,18 +33,40 @@ if ok_count > 0 then
   for _, mine in ipairs(held) do
     if not mine then lost = lost + 1 end
   end
-  if lost == 0 then
+  if keyed then
+    local ended = {}
+    for i, mine in ipairs(held) do
+      if mine then ended[#ended + 1] = ARGV[ids_at + i - 1] end
+    end
+    for _, env in ipairs(hmget(prefix .. ':jobs', ended)) do
+      if env then key_done(qk, cjson.decode(env).k) end
+    end
+  end
+  if lost == 0 and remove_done then
+    bulk_argv('ZREM', qk .. ':leased', ids_at, pairs_at - 1)
+    for _, hash in ipairs({'jobs', 'att', 'err', 'prog'}) do
+      bulk_argv('HDEL', prefix .. ':' .. hash, ids_at, pairs_at - 1)
+    end
+  elseif lost == 0 then
     bulk_argv('ZREM', qk .. ':leased', ids_at, pairs_at - 1)
     bulk_argv('HSET', prefix .. ':res', pairs_at, fails_at - 1)
     redis.call('RPUSH', qk .. ':done', joined)
   else
     local done = {}
     for i, mine in ipairs(held) do
+      local id = ARGV[ids_at + i - 1]
       if mine then
-        local id = ARGV[ids_at + i - 1]
         redis.call('ZREM', qk .. ':leased', id)
-        redis.call('HSET', prefix .. ':res', id, ARGV[pairs_at + (i - 1) * 2 + 1])
-        done[#done + 1] = id
+        if remove_done then
+          for _, hash in ipairs({'jobs', 'att', 'err', 'prog'}) do
+            redis.call('HDEL', prefix .. ':' .. hash, id)
+          end
+        else
+          redis.call('HSET', prefix .. ':res', id, ARGV[pairs_at + (i - 1) * 2 + 1])
+          done[#done + 1] = id
+        end
+      else
+        lost_ids[#lost_ids + 1] = id
       end
     end
     if #done > 0 then redis.call('RPUSH', qk .. ':done', table.concat(done, ',')) end
@@ -47,20 +77,24 @@ if ok_count > 0 then
 end
 
 -- Failures, one by one (the rare path).
-for b = fails_at, #ARGV, 2 do
-  local id, record = ARGV[b], ARGV[b + 1]
+for b = fails_at, #ARGV, 3 do
+  local id, record, retry = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local env = redis.call('HGET', prefix .. ':jobs', id)
-  if env and held_by(redis.call('ZSCORE', qk .. ':leased', id), slot) then
+  if not (env and held_by(redis.call('ZSCORE', qk .. ':leased', id), slot)) then
+    lost_ids[#lost_ids + 1] = id
+  else
     local job = cjson.decode(env)
+    key_done(qk, job.k)
     redis.call('ZREM', qk .. ':leased', id)
     redis.call('HSET', prefix .. ':err', id, record)
     redis.call('HINCRBY', qk .. ':stats', 'failed', 1)
     local attempts = redis.call('HINCRBY', prefix .. ':att', id, 1)
-    if attempts >= job.ma then
+    if attempts >= job.ma or retry == 'never' then
       redis.call('ZADD', qk .. ':dead', now, id)
     else
       local delay = math.min(job.b * 2 ^ (attempts - 1), max_backoff)
-      redis.call('ZADD', qk .. ':delayed', now + delay, delayed_member(id, job.pr))
+      if retry ~= '' then delay = math.min(tonumber(retry), max_backoff) end
+      redis.call('ZADD', qk .. ':delayed', now + delay, delayed_member(id, job.pr, job.k))
     end
   end
 end
@@ -75,8 +109,21 @@ for _ = 1, 4 do
   local record = redis.call('HGET', prefix .. ':res', old[1])
   if record and cjson.decode(record).t > now - retention then break end
   redis.call('LPOP', qk .. ':done')
-  for _, hash in ipairs({'jobs', 'res', 'err', 'att'}) do
+  for _, hash in ipairs({'jobs', 'res', 'err', 'att', 'prog'}) do
     bulk('HDEL', prefix .. ':' .. hash, old)
   end
 end
-return 0
+
+-- Dead and cancelled jobs past the queue's keep_dead_ms, if it has one.
+if keep_dead then
+  for _, set in ipairs({'dead', 'cancelled'}) do
+    local old = redis.call('ZRANGEBYSCORE', qk .. ':' .. set, '-inf', now - keep_dead, 'LIMIT', 0, 1000)
+    if #old > 0 then
+      bulk('ZREM', qk .. ':' .. set, old)
+      for _, hash in ipairs({'jobs', 'res', 'err', 'att', 'prog'}) do
+        bulk('HDEL', prefix .. ':' .. hash, old)
+      end
+    end
+  end
+end
+return lost_ids

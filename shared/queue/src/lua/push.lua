@@ -1,6 +1,7 @@
 -- Enqueues a batch of jobs atomically.
--- ARGV: prefix, now_ms, idempotency_ttl_s, count, then 6 fields per job:
---   id, queue, envelope JSON, priority, idempotency_key ('' = none), delay_ms
+-- ARGV: prefix, now_ms, idempotency_ttl_s, count, then 7 fields per job:
+--   id, queue, envelope JSON, priority, idempotency_key ('' = none), delay_ms,
+--   concurrency key ('' = none)
 -- Returns id, duplicate flag (0|1) per job.
 local prefix, now = ARGV[1], tonumber(ARGV[2])
 local idem_ttl, n = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -16,9 +17,11 @@ local function lists(queue)
 end
 local seq = redis.call('INCRBY', prefix .. ':seq', n) - n
 for i = 0, n - 1 do
-  local b = 5 + i * 6
+  local b = 5 + i * 7
   local id, queue, env = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local priority, idem, delay = tonumber(ARGV[b + 3]), ARGV[b + 4], tonumber(ARGV[b + 5])
+  local key = ARGV[b + 6]
+  if key == '' then key = nil end
   local prior = false
   if idem ~= '' then
     local key = prefix .. ':idem:' .. queue .. ':' .. idem
@@ -34,7 +37,10 @@ for i = 0, n - 1 do
     local l = lists(queue)
     if delay > 0 then
       l.delayed[#l.delayed + 1] = now + delay
-      l.delayed[#l.delayed + 1] = delayed_member(id, priority)
+      l.delayed[#l.delayed + 1] = delayed_member(id, priority, key)
+    elseif key then
+      push_keyed(prefix .. ':q:' .. queue, key, id, false)
+      l.keyed = true
     elseif priority == 0 then
       l.wait[#l.wait + 1] = id
     else
@@ -52,7 +58,7 @@ for queue, l in pairs(per_queue) do
   bulk('ZADD', qk .. ':prio', l.prio)
   bulk('ZADD', qk .. ':delayed', l.delayed)
   redis.call('SADD', prefix .. ':queues', queue)
-  if #l.wait > 0 or #l.prio > 0 then
+  if #l.wait > 0 or #l.prio > 0 or l.keyed then
     redis.call('PUBLISH', prefix .. ':wake', queue)
   end
 end

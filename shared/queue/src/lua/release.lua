@@ -9,7 +9,9 @@ for i = #ARGV, 4, -1 do
   local env = redis.call('HGET', prefix .. ':jobs', id)
   if env and held_by(redis.call('ZSCORE', qk .. ':leased', id), slot) then
     redis.call('ZREM', qk .. ':leased', id)
-    requeue(prefix, qk, id, cjson.decode(env).pr)
+    local job = cjson.decode(env)
+    key_done(qk, job.k)
+    requeue(prefix, qk, id, job.pr, job.k)
     released = released + 1
   end
 end

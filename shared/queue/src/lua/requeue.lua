@@ -15,7 +15,8 @@ for _, id in ipairs(ids) do
   if env and redis.call('ZREM', qk .. ':dead', id) == 1 then
     redis.call('HDEL', prefix .. ':att', id)
     redis.call('HDEL', prefix .. ':err', id)
-    requeue(prefix, qk, id, cjson.decode(env).pr)
+    local job = cjson.decode(env)
+    requeue(prefix, qk, id, job.pr, job.k)
     out[#out + 1] = id
   end
 end

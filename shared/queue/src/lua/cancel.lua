@@ -1,0 +1,33 @@
+-- Cancels one job. ARGV: prefix, id, now_ms, error record
+-- Returns {'cancelled', status it had} or {'final', its status} or {'not_found'}.
+local prefix, id, now, record = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local env = redis.call('HGET', prefix .. ':jobs', id)
+if not env then return {'not_found'} end
+local job = cjson.decode(env)
+local qk = prefix .. ':q:' .. job.q
+if redis.call('HEXISTS', prefix .. ':res', id) == 1 then return {'final', 'done'} end
+if redis.call('ZSCORE', qk .. ':cancelled', id) then return {'final', 'cancelled'} end
+if redis.call('ZSCORE', qk .. ':dead', id) then return {'final', 'dead'} end
+local had
+if redis.call('ZREM', qk .. ':leased', id) == 1 then
+  -- Its worker learns on its next heartbeat; its ack is then ignored.
+  had = 'running'
+  key_done(qk, job.k)
+elseif redis.call('ZREM', qk .. ':prio', id) == 1
+    or redis.call('ZREM', qk .. ':delayed', delayed_member(id, job.pr, job.k)) == 1
+    or redis.call('LREM', qk .. ':wait', 1, id) == 1
+    or (job.k and redis.call('LREM', qk .. ':k:' .. job.k, 1, id) == 1) then
+  had = 'pending'
+  if redis.call('HEXISTS', prefix .. ':err', id) == 1 then had = 'failed' end
+  if job.k and redis.call('LLEN', qk .. ':k:' .. job.k) == 0 then
+    redis.call('LREM', qk .. ':keys', 1, job.k)
+  end
+else
+  -- Between two states (another script holds it only within one call, so
+  -- this is a job of a queue whose lists were purged): nothing to stop.
+  return {'not_found'}
+end
+redis.call('ZADD', qk .. ':cancelled', now, id)
+redis.call('HSET', prefix .. ':err', id, record)
+redis.call('HINCRBY', qk .. ':stats', 'cancelled', 1)
+return {'cancelled', had}
