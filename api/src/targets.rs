@@ -93,9 +93,13 @@ impl Targets {
         workers.spawn(orchestrator_bootstrap::join_workers(queues));
     }
 
-    /// Starts the workers of an `http` queue just created.
+    /// Starts the workers of an `http` queue just created (other kinds are
+    /// served elsewhere: external workers, the user's own process).
     pub fn start(&self, settings: &QueueSettings) {
         let Some(runner) = &self.runner else { return };
+        if settings.handler != "http" {
+            return;
+        }
         match orchestrator_bootstrap::registry_handler(settings, &runner.deliveries) {
             Ok(handler) => self.run(vec![Assignment {
                 handler,

@@ -133,9 +133,7 @@ fn unique_prefix() -> String {
 }
 
 fn noop_jobs(n: u64) -> Vec<NewJob> {
-    (0..n)
-        .map(|_| NewJob::new("noop", Value::Null))
-        .collect()
+    (0..n).map(|_| NewJob::new("noop", Value::Null)).collect()
 }
 
 async fn push_all(queue: &Arc<dyn QueueBackend>, jobs: u64) -> anyhow::Result<()> {
