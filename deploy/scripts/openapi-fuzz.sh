@@ -17,7 +17,8 @@ cd "$(dirname "$0")/../.."
 
 venv=target/fuzz-venv
 requirements=deploy/test/requirements-fuzz.txt
-binary=target/debug/orchestrator-api
+# The debug build test.sh made (in CARGO_TARGET_DIR when that is set).
+binary=${CARGO_TARGET_DIR:-target}/debug/orchestrator-api
 seed=${FUZZ_SEED:-1}
 examples=${FUZZ_EXAMPLES:-250}
 

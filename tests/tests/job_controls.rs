@@ -204,6 +204,51 @@ async fn retention_and_purge(backend: Backend) {
     }
 }
 
+/// With keep_done_ms and keep_dead_ms, finished jobs are readable for that
+/// long, then forgotten (as later jobs of the queue are acknowledged).
+async fn timed_retention(backend: Backend) {
+    let (_setup, api, _worker) = start(backend).await;
+    let (status, body) = api
+        .patch(
+            "/api/v1/queues/noop",
+            &json!({"keep_done_ms": 1_000, "keep_dead_ms": 1_000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = api.push(json!({"queue": "noop", "payload": {}})).await;
+    api.wait_for_status(&done, "done", Duration::from_secs(10))
+        .await;
+    let dead = api
+        .push(json!({"queue": "noop", "payload": {"fail_attempts": 9}, "max_attempts": 1}))
+        .await;
+    api.wait_for_status(&dead, "dead", Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let later = loop {
+        let later = api.push(json!({"queue": "noop", "payload": {}})).await;
+        api.wait_for_status(&later, "done", Duration::from_secs(10))
+            .await;
+        let gone = |id: &str| {
+            let api = &api;
+            let path = format!("/api/v1/jobs/{id}");
+            async move { api.get(&path).await.0 == StatusCode::NOT_FOUND }
+        };
+        if gone(&done).await && gone(&dead).await {
+            break later;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "finished jobs outlived their retention: {} {}",
+            api.job(&done).await,
+            api.job(&dead).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The job just done is still within its retention.
+    assert_eq!(api.job(&later).await["status"], "done");
+}
+
 async fn user_queues_are_checked(backend: Backend) {
     let (_setup, api, _worker) = start(backend).await;
     let before = api.get("/api/v1/queues").await.1["queues"]
@@ -307,6 +352,16 @@ async fn embedded_retention_and_purge() {
 #[tokio::test]
 async fn redis_retention_and_purge() {
     retention_and_purge(Backend::redis()).await;
+}
+
+#[tokio::test]
+async fn embedded_timed_retention() {
+    timed_retention(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn redis_timed_retention() {
+    timed_retention(Backend::redis()).await;
 }
 
 #[tokio::test]
