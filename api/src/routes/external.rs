@@ -225,15 +225,8 @@ pub async fn heartbeat(
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> ApiResult<Json<LeaseRenewed>> {
     in_range("lease_ms", request.lease_ms, MIN_LEASE_MS..=MAX_LEASE_MS)?;
-    let (job, holder) = held_job(&state, &id, &request.lease_token).await?;
     let lease = Duration::from_millis(request.lease_ms.unwrap_or(DEFAULT_LEASE_MS));
-    let lost = state
-        .queue
-        .extend_leases(&job.queue, &holder, std::slice::from_ref(&id), lease)
-        .await?;
-    if !lost.is_empty() {
-        return Err(lease_gone(&state, &id).await);
-    }
+    held_job(&state, &id, &request.lease_token, Some(lease)).await?;
     Ok(Json(LeaseRenewed {
         lease_expires_at_ms: now_ms() + lease.as_millis() as u64,
     }))
@@ -249,7 +242,7 @@ pub async fn ack(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<AckRequest>,
 ) -> ApiResult<Json<Ended>> {
-    let (job, holder) = held_job(&state, &id, &request.lease_token).await?;
+    let (job, holder) = held_job(&state, &id, &request.lease_token, None).await?;
     end(&state, &job, &holder, Ok(request.result)).await
 }
 
@@ -275,7 +268,7 @@ pub async fn fail(
         (true, Some(ms)) => Retry::After(ms),
         (true, None) => Retry::Backoff,
     };
-    let (job, holder) = held_job(&state, &id, &request.lease_token).await?;
+    let (job, holder) = held_job(&state, &id, &request.lease_token, None).await?;
     let failure = Failure {
         message: request.error,
         retry,
@@ -303,7 +296,7 @@ pub async fn progress(
             "logs may hold at most {MAX_LOG_LINES} lines per call"
         )));
     }
-    held_job(&state, &id, &request.lease_token).await?;
+    held_job(&state, &id, &request.lease_token, None).await?;
     let report = Report {
         progress: request.progress.map(|p| (p, cut(&request.message))),
         lines: request.logs.iter().map(|line| cut(line)).collect(),
@@ -359,7 +352,14 @@ async fn end(
 
 /// The job a lease token names, if that token still holds it; else 409
 /// (or 404 for an unknown job).
-async fn held_job(state: &AppState, id: &str, token: &str) -> ApiResult<(JobInfo, String)> {
+/// With `renew`, the lease is also extended to that long from now (one
+/// call both checks and renews).
+async fn held_job(
+    state: &AppState,
+    id: &str,
+    token: &str,
+    renew: Option<Duration>,
+) -> ApiResult<(JobInfo, String)> {
     parse_job_id(id)?;
     let Some((holder, attempt)) = parse_token(token) else {
         return Err(ApiError::invalid(
@@ -384,16 +384,12 @@ async fn held_job(state: &AppState, id: &str, token: &str) -> ApiResult<(JobInfo
     if job.status != JobStatus::Running || job.attempts != attempt {
         return Err(lost(id));
     }
-    // Whose lease it is, the engine knows: "renewing" it to the deadline it
-    // already has changes nothing and says whether this token holds it.
+    // Whose lease it is, the engine knows: renewing it (without `renew`,
+    // to the deadline it already has) says whether this token holds it.
+    let lease = renew.unwrap_or(Duration::from_millis(remaining));
     let not_held = state
         .queue
-        .extend_leases(
-            &job.queue,
-            holder,
-            std::slice::from_ref(&job.id),
-            Duration::from_millis(remaining),
-        )
+        .extend_leases(&job.queue, holder, std::slice::from_ref(&job.id), lease)
         .await?;
     if !not_held.is_empty() {
         return Err(lease_gone(state, id).await);

@@ -546,11 +546,21 @@ impl QueueBackend for RedisBackend {
             ("keep_dead", options.keep_dead_ms),
             ("remove", options.remove_on_complete.then_some(1)),
         ];
-        for (field, value) in fields {
-            let _: i64 = match value {
-                Some(value) => self.client().hset(&key, (field, value.to_string())).await?,
-                None => self.client().hdel(&key, field).await?,
-            };
+        // Two commands at most: the fields set, then the fields cleared.
+        let set: Vec<(&str, String)> = fields
+            .iter()
+            .filter_map(|(field, value)| Some((*field, (*value)?.to_string())))
+            .collect();
+        let cleared: Vec<&str> = fields
+            .iter()
+            .filter(|(_, value)| value.is_none())
+            .map(|(field, _)| *field)
+            .collect();
+        if !set.is_empty() {
+            let _: i64 = self.client().hset(&key, set).await?;
+        }
+        if !cleared.is_empty() {
+            let _: i64 = self.client().hdel(&key, cleared).await?;
         }
         Ok(())
     }
