@@ -10,6 +10,7 @@ mod guard;
 mod lifecycle;
 mod limits;
 mod live;
+mod queue_cache;
 mod routes;
 mod schedules;
 mod state;

@@ -6,18 +6,23 @@ use orchestrator_campaign::Campaigns;
 use orchestrator_core::{events::Events, fleet, store::Store};
 use orchestrator_datagen::runs::Datasets;
 use orchestrator_memory::Memory;
-use orchestrator_queue::{JobHandler, QueueBackend};
+use orchestrator_queue::{JobHandler, PushCoalescer, QueueBackend};
 use orchestrator_training::{TrainingConfig, feedback::Feedback};
 use orchestrator_workflow::Workflows;
 
 use crate::{
-    lifecycle::Lifecycle, limits::Limits, live::Live, status::StatusCache, targets::Targets,
+    lifecycle::Lifecycle, limits::Limits, live::Live, queue_cache::QueueCache, status::StatusCache,
+    targets::Targets,
 };
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub queue: Arc<dyn QueueBackend>,
+    /// Single-job pushes, batched together while they arrive at once.
+    pub pushes: PushCoalescer,
+    /// Queue settings as pushes read them (fresh within a second).
+    pub queue_settings: QueueCache,
     /// Handlers of the queues jobs may be pushed to, by queue name.
     pub handlers: Arc<HashMap<String, Arc<dyn JobHandler>>>,
     pub memory: Arc<Memory>,
@@ -78,7 +83,9 @@ impl AppState {
     ) -> Self {
         Self {
             store,
+            pushes: PushCoalescer::new(queue.clone()),
             queue,
+            queue_settings: QueueCache::default(),
             handlers: Arc::new(
                 handlers
                     .into_iter()

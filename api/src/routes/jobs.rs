@@ -134,7 +134,8 @@ pub async fn get_job(
 
 async fn push(state: &AppState, jobs: Vec<NewJob>) -> ApiResult<Vec<Pushed>> {
     let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
-    let pushed = state.queue.push(jobs).await?;
+    // Pushes arriving together share one backend call (see PushCoalescer).
+    let pushed = state.pushes.push(jobs).await?;
     for (queue, result) in queues.into_iter().zip(&pushed) {
         if !result.duplicate {
             metrics::counter!(m::JOBS_ENQUEUED, "queue" => queue).increment(1);
@@ -165,7 +166,10 @@ pub(crate) async fn resolve(state: &AppState, requests: Vec<JobRequest>) -> ApiR
             if handler.is_some_and(|h| h.internal()) {
                 return Err(at(internal_queue(&request.queue)));
             }
-            let found = state.store.queue(&request.queue).await?;
+            let found = state
+                .queue_settings
+                .get(&state.store, &request.queue)
+                .await?;
             // A built-in queue needs its handler here; the user's queues
             // (external workers, HTTP targets) take any JSON payload.
             let found = found.filter(|q| handler.is_some() || q.handler != "builtin");

@@ -291,6 +291,7 @@ pub async fn update(
         .update_queue(&name, update)
         .await?
         .ok_or_else(|| ApiError::queue_not_found(&name))?;
+    state.queue_settings.forget(&name);
     state
         .queue
         .configure(&settings.name, &QueueOptions::from(&settings))

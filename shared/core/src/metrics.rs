@@ -28,6 +28,9 @@ pub const DATAGEN_EXAMPLES: &str = "orchestrator_datagen_examples_total";
 pub const DATAGEN_SHARDS: &str = "orchestrator_datagen_shards_total";
 pub const SCHEDULE_RUNS: &str = "orchestrator_schedule_runs_total";
 pub const DELIVERIES: &str = "orchestrator_deliveries_total";
+/// Backend calls that stored pushed jobs; with JOBS_ENQUEUED it gives the
+/// mean batch (pushes arriving together share one call).
+pub const PUSH_CALLS: &str = "orchestrator_push_calls_total";
 
 /// Histogram buckets for job durations: from a no-op (microseconds) to a long
 /// model call (minutes).
@@ -76,6 +79,10 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    metrics::describe_counter!(
+        PUSH_CALLS,
+        "Backend calls that stored pushed jobs (concurrent pushes share one)"
+    );
     metrics::describe_counter!(
         LLM_TOKENS,
         "Tokens through language models, by model and direction (input, output)."

@@ -19,6 +19,7 @@
 
 mod backend;
 pub mod callback;
+mod coalesce;
 pub mod fleet;
 mod handler;
 pub mod noop;
@@ -28,6 +29,7 @@ mod types;
 pub mod worker;
 
 pub use backend::{QueueBackend, connect};
+pub use coalesce::PushCoalescer;
 pub use handler::{JobContext, JobError, JobHandler, QueueDefaults, cut};
 pub use noop::Noop;
 pub use types::*;

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::Context;
 use async_trait::async_trait;
+use serde_json::Value;
 use sqlx::{Row, SqlitePool};
 use tokio::sync::Notify;
 
@@ -438,11 +439,14 @@ impl QueueBackend for SqliteBackend {
     async fn ack(&self, queue: &str, worker: &str, acks: Vec<Ack>) -> anyhow::Result<Vec<String>> {
         let now = now_ms() as i64;
         let mut tx = self.pool.begin().await?;
+        // Null results (most jobs) are not stored: the job reads back
+        // `"result": null` from its done status alone.
         let mut successes = Vec::with_capacity(acks.len());
         let mut lost = Vec::new();
         for ack in acks {
             match ack.outcome {
-                Ok(result) => successes.push((ack.id, serde_json::to_string(&result)?)),
+                Ok(Value::Null) => successes.push((ack.id, None)),
+                Ok(result) => successes.push((ack.id, Some(serde_json::to_string(&result)?))),
                 Err(failure) => {
                     if !Self::record_failure(&mut tx, worker, &ack.id, failure, now).await? {
                         lost.push(ack.id);
@@ -452,26 +456,25 @@ impl QueueBackend for SqliteBackend {
         }
         let mut acked = std::collections::HashSet::new();
         let mut done: HashMap<String, i64> = HashMap::new();
-        for chunk in successes.chunks(ACK_CHUNK) {
-            // One statement per chunk; jobs whose lease this worker lost are
-            // left alone (they run again elsewhere).
-            let mut update = sqlx::QueryBuilder::new("WITH acked(id, result) AS (");
-            update.push_values(chunk, |mut row, (id, result)| {
-                row.push_bind(id).push_bind(result);
-            });
-            update
-                .push(
-                    ") UPDATE jobs SET status = 'done', worker = NULL, lease_until = NULL, \
-                     result = (SELECT result FROM acked WHERE acked.id = jobs.id), run_at = ",
-                )
-                .push_bind(now)
-                .push(", updated_ms = ")
-                .push_bind(now)
-                .push(" WHERE id IN (SELECT id FROM acked) AND status = 'running' AND worker = ")
-                .push_bind(worker)
-                .push(" RETURNING queue, id");
-            let rows: Vec<(String, String)> = update.build_query_as().fetch_all(&mut *tx).await?;
-            for (queue, id) in rows {
+        let (plain, with_result): (Vec<_>, Vec<_>) =
+            successes.iter().partition(|(_, result)| result.is_none());
+        for chunk in plain.chunks(ACK_CHUNK) {
+            let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+            let chunk_lost: std::collections::HashSet<String> =
+                mark_done(&mut tx, worker, now, &ids)
+                    .await?
+                    .into_iter()
+                    .collect();
+            for id in ids.into_iter().filter(|id| !chunk_lost.contains(*id)) {
+                *done.entry(queue.to_string()).or_default() += 1;
+                acked.insert(id.to_string());
+            }
+        }
+        for chunk in with_result.chunks(ACK_CHUNK) {
+            let results = chunk
+                .iter()
+                .map(|(id, result)| (id.as_str(), result.as_deref().unwrap_or("null")));
+            for (queue, id) in mark_done_with_results(&mut tx, worker, now, results).await? {
                 *done.entry(queue).or_default() += 1;
                 acked.insert(id);
             }
@@ -728,7 +731,12 @@ impl QueueBackend for SqliteBackend {
     async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
         let mut counts = QueueCounts::default();
         let rows =
-            sqlx::query("SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? GROUP BY status")
+            // Done jobs are counted in queue_state; leaving them out keeps
+            // this proportional to the live jobs, not to the history.
+            sqlx::query(
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? \
+                 AND status IN ('pending', 'failed', 'running', 'dead', 'cancelled') GROUP BY status",
+            )
                 .bind(queue)
                 .fetch_all(&self.pool)
                 .await?;
@@ -921,6 +929,70 @@ async fn waiting_keys(
     .await?)
 }
 
+/// Marks the listed running jobs of `worker` done with no result; returns
+/// the ids it no longer held (lost leases, left alone: they run again
+/// elsewhere). Those are looked up first so that the common case, none
+/// lost, sends no rows back.
+async fn mark_done(
+    conn: &mut sqlx::SqliteConnection,
+    worker: &str,
+    now: i64,
+    ids: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    let mut lost = sqlx::QueryBuilder::new("SELECT id FROM jobs WHERE id IN (");
+    push_list(&mut lost, ids);
+    lost.push(") AND NOT (status = 'running' AND worker = ")
+        .push_bind(worker)
+        .push(")");
+    let lost: Vec<String> = lost.build_query_scalar().fetch_all(&mut *conn).await?;
+    let mut update = sqlx::QueryBuilder::new(
+        "UPDATE jobs SET status = 'done', worker = NULL, lease_until = NULL, result = NULL, run_at = ",
+    );
+    update
+        .push_bind(now)
+        .push(", updated_ms = ")
+        .push_bind(now)
+        .push(" WHERE status = 'running' AND worker = ")
+        .push_bind(worker)
+        .push(" AND id IN (");
+    push_list(&mut update, ids);
+    update.push(")");
+    update.build().execute(&mut *conn).await?;
+    Ok(lost)
+}
+
+fn push_list(query: &mut sqlx::QueryBuilder<sqlx::Sqlite>, ids: &[&str]) {
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+}
+
+/// Like [`mark_done`], storing each job's result (JSON text).
+async fn mark_done_with_results<'a>(
+    conn: &mut sqlx::SqliteConnection,
+    worker: &str,
+    now: i64,
+    results: impl Iterator<Item = (&'a str, &'a str)>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut update = sqlx::QueryBuilder::new("WITH acked(id, result) AS (");
+    update.push_values(results, |mut row, (id, result)| {
+        row.push_bind(id).push_bind(result);
+    });
+    update
+        .push(
+            ") UPDATE jobs SET status = 'done', worker = NULL, lease_until = NULL, \
+             result = (SELECT result FROM acked WHERE acked.id = jobs.id), run_at = ",
+        )
+        .push_bind(now)
+        .push(", updated_ms = ")
+        .push_bind(now)
+        .push(" WHERE id IN (SELECT id FROM acked) AND status = 'running' AND worker = ")
+        .push_bind(worker)
+        .push(" RETURNING queue, id");
+    Ok(update.build_query_as().fetch_all(conn).await?)
+}
+
 const JOB_COLUMNS: &str = "id, queue, status, attempts, max_attempts, priority, payload, result, \
                            error, created_ms, updated_ms, concurrency_key, callback_url, \
                            progress, logs, lease_until";
@@ -936,10 +1008,12 @@ fn job_info(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JobInfo> {
         max_attempts: row.get::<i64, _>("max_attempts") as u32,
         priority: row.get::<i64, _>("priority") as i32,
         payload: serde_json::from_str(row.get::<&str, _>("payload"))?,
-        result: row
-            .get::<Option<&str>, _>("result")
-            .map(serde_json::from_str)
-            .transpose()?,
+        // A done job with no stored result returned null (not stored).
+        result: match row.get::<Option<&str>, _>("result") {
+            Some(text) => Some(serde_json::from_str(text)?),
+            None if status == "done" => Some(Value::Null),
+            None => None,
+        },
         error: row.get("error"),
         progress: row
             .get::<Option<&str>, _>("progress")
