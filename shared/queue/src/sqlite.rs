@@ -454,41 +454,29 @@ impl QueueBackend for SqliteBackend {
                 }
             }
         }
+        // Null results and stored ones take different statements.
+        let (plain, with_result): (Vec<_>, Vec<_>) = successes
+            .into_iter()
+            .partition(|(_, result)| result.is_none());
         let mut acked = std::collections::HashSet::new();
-        let mut done: HashMap<String, i64> = HashMap::new();
-        let (plain, with_result): (Vec<_>, Vec<_>) =
-            successes.iter().partition(|(_, result)| result.is_none());
-        for chunk in plain.chunks(ACK_CHUNK) {
-            let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+        for chunk in plain.chunks(ACK_CHUNK).chain(with_result.chunks(ACK_CHUNK)) {
             let chunk_lost: std::collections::HashSet<String> =
-                mark_done(&mut tx, worker, now, &ids)
+                mark_done(&mut tx, worker, now, chunk)
                     .await?
                     .into_iter()
                     .collect();
-            for id in ids.into_iter().filter(|id| !chunk_lost.contains(*id)) {
-                *done.entry(queue.to_string()).or_default() += 1;
-                acked.insert(id.to_string());
+            for (id, _) in chunk {
+                if chunk_lost.contains(id) {
+                    lost.push(id.clone());
+                } else {
+                    acked.insert(id.clone());
+                }
             }
         }
-        for chunk in with_result.chunks(ACK_CHUNK) {
-            let results = chunk
-                .iter()
-                .map(|(id, result)| (id.as_str(), result.as_deref().unwrap_or("null")));
-            for (queue, id) in mark_done_with_results(&mut tx, worker, now, results).await? {
-                *done.entry(queue).or_default() += 1;
-                acked.insert(id);
-            }
-        }
-        lost.extend(
-            successes
-                .into_iter()
-                .map(|(id, _)| id)
-                .filter(|id| !acked.contains(id)),
-        );
         Self::apply_retention(&mut tx, queue, &acked, now).await?;
-        for (queue, n) in done {
+        if !acked.is_empty() {
             sqlx::query("UPDATE queue_state SET done = done + ? WHERE queue = ?")
-                .bind(n)
+                .bind(acked.len() as i64)
                 .bind(queue)
                 .execute(&mut *tx)
                 .await?;
@@ -929,68 +917,80 @@ async fn waiting_keys(
     .await?)
 }
 
-/// Marks the listed running jobs of `worker` done with no result; returns
-/// the ids it no longer held (lost leases, left alone: they run again
-/// elsewhere). Those are looked up first so that the common case, none
-/// lost, sends no rows back.
+/// Marks `worker`'s running jobs in `chunk` (id, result JSON or `None`
+/// for null) done; returns the ids it no longer held (lost leases, left
+/// alone: they run again elsewhere). The lost ones are looked up rather
+/// than the held ones, so the common case, none lost, sends no rows back.
 async fn mark_done(
     conn: &mut sqlx::SqliteConnection,
     worker: &str,
     now: i64,
-    ids: &[&str],
+    chunk: &[(String, Option<String>)],
 ) -> anyhow::Result<Vec<String>> {
-    let mut lost = sqlx::QueryBuilder::new("SELECT id FROM jobs WHERE id IN (");
-    push_list(&mut lost, ids);
-    lost.push(") AND NOT (status = 'running' AND worker = ")
+    let mut find_lost = sqlx::QueryBuilder::new("SELECT id FROM jobs WHERE id IN (");
+    push_ids(&mut find_lost, chunk);
+    find_lost
+        .push(") AND NOT (status = 'running' AND worker = ")
         .push_bind(worker)
         .push(")");
-    let lost: Vec<String> = lost.build_query_scalar().fetch_all(&mut *conn).await?;
-    let mut update = sqlx::QueryBuilder::new(
-        "UPDATE jobs SET status = 'done', worker = NULL, lease_until = NULL, result = NULL, run_at = ",
-    );
+    let mut lost: Vec<String> = find_lost.build_query_scalar().fetch_all(&mut *conn).await?;
+
+    // Most results are null: then the column is set to NULL for a plain id
+    // list; stored results are matched to their rows through a CTE.
+    let mut update = sqlx::QueryBuilder::new("");
+    let stores_results = chunk.iter().any(|(_, result)| result.is_some());
+    if stores_results {
+        update.push("WITH acked(id, result) AS (");
+        update.push_values(chunk, |mut row, (id, result)| {
+            row.push_bind(id).push_bind(result);
+        });
+        update.push(") ");
+    }
     update
+        .push("UPDATE jobs SET status = 'done', worker = NULL, lease_until = NULL, result = ")
+        .push(if stores_results {
+            "(SELECT result FROM acked WHERE acked.id = jobs.id)"
+        } else {
+            "NULL"
+        })
+        .push(", run_at = ")
         .push_bind(now)
         .push(", updated_ms = ")
         .push_bind(now)
         .push(" WHERE status = 'running' AND worker = ")
         .push_bind(worker)
         .push(" AND id IN (");
-    push_list(&mut update, ids);
+    push_ids(&mut update, chunk);
     update.push(")");
-    update.build().execute(&mut *conn).await?;
+    let held = update.build().execute(&mut *conn).await?.rows_affected() as usize;
+
+    // Ids that are gone altogether (a removed job acknowledged twice) are
+    // lost too; only then are the remaining ones listed.
+    if held + lost.len() < chunk.len() {
+        let mut find_existing = sqlx::QueryBuilder::new("SELECT id FROM jobs WHERE id IN (");
+        push_ids(&mut find_existing, chunk);
+        find_existing.push(")");
+        let existing: std::collections::HashSet<String> = find_existing
+            .build_query_scalar()
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+        lost.extend(
+            chunk
+                .iter()
+                .map(|(id, _)| id.clone())
+                .filter(|id| !existing.contains(id)),
+        );
+    }
     Ok(lost)
 }
 
-fn push_list(query: &mut sqlx::QueryBuilder<sqlx::Sqlite>, ids: &[&str]) {
+fn push_ids(query: &mut sqlx::QueryBuilder<sqlx::Sqlite>, chunk: &[(String, Option<String>)]) {
     let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
+    for (id, _) in chunk {
+        list.push_bind(id.clone());
     }
-}
-
-/// Like [`mark_done`], storing each job's result (JSON text).
-async fn mark_done_with_results<'a>(
-    conn: &mut sqlx::SqliteConnection,
-    worker: &str,
-    now: i64,
-    results: impl Iterator<Item = (&'a str, &'a str)>,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let mut update = sqlx::QueryBuilder::new("WITH acked(id, result) AS (");
-    update.push_values(results, |mut row, (id, result)| {
-        row.push_bind(id).push_bind(result);
-    });
-    update
-        .push(
-            ") UPDATE jobs SET status = 'done', worker = NULL, lease_until = NULL, \
-             result = (SELECT result FROM acked WHERE acked.id = jobs.id), run_at = ",
-        )
-        .push_bind(now)
-        .push(", updated_ms = ")
-        .push_bind(now)
-        .push(" WHERE id IN (SELECT id FROM acked) AND status = 'running' AND worker = ")
-        .push_bind(worker)
-        .push(" RETURNING queue, id");
-    Ok(update.build_query_as().fetch_all(conn).await?)
 }
 
 const JOB_COLUMNS: &str = "id, queue, status, attempts, max_attempts, priority, payload, result, \
