@@ -126,6 +126,13 @@ async fn embedded_fleet_is_the_api_with_its_queues() {
 async fn status_agrees_with_the_queues_and_the_fleet() {
     let setup = Setup::new(Backend::Embedded).env("ORCH_THROUGHPUT_TARGET", "5000");
     let api = setup.start_api(&[]).await;
+    // Rates count jobs finished between samples, and 500 no-op jobs can
+    // all finish within a second: take the first sample before they start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while api.get("/api/v1/status").await.0 != 200 {
+        assert!(Instant::now() < deadline, "no status within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     run_noop_jobs(&api, 500).await;
     // The snapshot is at most a second old: wait for one that has them.
     let deadline = Instant::now() + Duration::from_secs(5);
