@@ -136,10 +136,15 @@ async fn push(state: &AppState, jobs: Vec<NewJob>) -> ApiResult<Vec<Pushed>> {
     let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
     // Pushes arriving together share one backend call (see PushCoalescer).
     let pushed = state.pushes.push(jobs).await?;
+    // One counter update per queue, not per job: a batch is mostly one queue.
+    let mut enqueued: HashMap<String, u64> = HashMap::new();
     for (queue, result) in queues.into_iter().zip(&pushed) {
         if !result.duplicate {
-            metrics::counter!(m::JOBS_ENQUEUED, "queue" => queue).increment(1);
+            *enqueued.entry(queue).or_default() += 1;
         }
+    }
+    for (queue, count) in enqueued {
+        metrics::counter!(m::JOBS_ENQUEUED, "queue" => queue).increment(count);
     }
     Ok(pushed)
 }
