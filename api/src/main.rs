@@ -36,7 +36,7 @@ use crate::{
     lifecycle::{Lifecycle, StartPlan},
     limits::Limits,
     live::Live,
-    state::{AppState, Domains, Training},
+    state::{AppState, Domains, Shared, Training},
 };
 
 #[derive(Debug, Parser)]
@@ -298,7 +298,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             }
         });
     }
-    let state = AppState::new(
+    let shared = Shared::new(
         store,
         backend,
         handlers,
@@ -324,11 +324,11 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             cli.max_websockets as usize,
         ),
     );
-    let state = AppState {
+    let state = AppState::from(Shared {
         auth_required: keys.is_enabled(),
         targets: Arc::new(targets),
-        ..state
-    };
+        ..shared
+    });
     let state_targets = state.targets.clone();
     tokio::spawn(lifecycle::boot(state.clone(), opening.elapsed()));
     schedules::spawn(state.clone(), shutdown_token.clone());

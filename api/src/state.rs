@@ -15,8 +15,27 @@ use crate::{
     targets::Targets,
 };
 
+/// What every route reads, behind one `Arc`: axum clones the state for
+/// each request and each middleware, and one reference count is all that
+/// clone then costs.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+pub struct Shared {
     pub store: Store,
     pub queue: Arc<dyn QueueBackend>,
     /// Single-job pushes, batched together while they arrive at once.
@@ -71,7 +90,7 @@ pub struct Training {
     pub defaults: TrainingConfig,
 }
 
-impl AppState {
+impl Shared {
     pub fn new(
         store: Store,
         queue: Arc<dyn QueueBackend>,
