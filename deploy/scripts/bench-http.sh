@@ -45,8 +45,11 @@ server=""
 stop() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; server=""; }
 cleanup() {
   stop
-  redis-cli -u "$redis_url" --scan --pattern "$prefix*" 2>/dev/null \
-    | xargs -r -n 500 redis-cli -u "$redis_url" unlink >/dev/null 2>&1 || true
+  # Ours are under the prefix; BullMQ's under bull:QUEUE.
+  for pattern in "$prefix*" "bull:$prefix-bullmq*"; do
+    redis-cli -u "$redis_url" --scan --pattern "$pattern" 2>/dev/null \
+      | xargs -r -n 500 redis-cli -u "$redis_url" unlink >/dev/null 2>&1 || true
+  done
   rm -rf "$data"
 }
 trap cleanup EXIT
