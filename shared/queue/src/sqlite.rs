@@ -55,7 +55,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     logs TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, status, run_at);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (queue, status, lease_until);
+-- Leases by deadline, of running jobs only: a job enters it when leased
+-- and leaves when it ends, instead of moving between statuses.
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (queue, lease_until) WHERE status = 'running';
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (queue, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS queue_state (
@@ -1059,8 +1061,12 @@ async fn upgrade(pool: &SqlitePool) -> anyhow::Result<()> {
     // Runnable jobs in fetch order, without and with a key: a fetch reads
     // the first rows, never sorts, and finds the keys by skipping through
     // the second. (Files from before keys had one index for every job.)
+    // (Files from before jobs_running had every job in jobs_lease.)
     sqlx::raw_sql(
         "DROP INDEX IF EXISTS jobs_runnable;
+         DROP INDEX IF EXISTS jobs_lease;
+         CREATE INDEX IF NOT EXISTS jobs_running ON jobs (queue, lease_until)
+             WHERE status = 'running';
          CREATE INDEX IF NOT EXISTS jobs_runnable_unkeyed ON jobs (queue, priority DESC, seq)
              WHERE status IN ('pending', 'failed') AND concurrency_key IS NULL;
          CREATE INDEX IF NOT EXISTS jobs_keyed ON jobs (queue, concurrency_key, priority DESC, seq)
@@ -1099,4 +1105,54 @@ fn keep_last_lines(lines: &mut Vec<String>) {
         first += 1;
     }
     lines.drain(..first);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue file from before `jobs_running` kept every job in a lease
+    /// index; opening it swaps the index, and expiry reads the new one.
+    #[tokio::test]
+    async fn an_older_file_gets_the_running_index() {
+        let dir = std::env::temp_dir().join(format!(
+            "orch-queue-upgrade-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("queue.db");
+        let older = SqliteBackend::open(&path).await.unwrap();
+        sqlx::raw_sql(
+            "DROP INDEX jobs_running;
+             CREATE INDEX jobs_lease ON jobs (queue, status, lease_until);",
+        )
+        .execute(&older.pool)
+        .await
+        .unwrap();
+        older.pool.close().await;
+
+        let backend = SqliteBackend::open(&path).await.unwrap();
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index'
+             AND name IN ('jobs_lease', 'jobs_running')",
+        )
+        .fetch_all(&backend.pool)
+        .await
+        .unwrap();
+        assert_eq!(indexes, ["jobs_running"]);
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+            "EXPLAIN QUERY PLAN UPDATE jobs SET status = 'pending'
+             WHERE queue = 'q' AND status = 'running' AND lease_until < 1",
+        )
+        .fetch_all(&backend.pool)
+        .await
+        .unwrap();
+        assert!(
+            plan.iter()
+                .any(|(.., detail)| detail.contains("jobs_running")),
+            "{plan:?}"
+        );
+        backend.pool.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
