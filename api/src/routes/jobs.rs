@@ -133,18 +133,21 @@ pub async fn get_job(
 }
 
 async fn push(state: &AppState, jobs: Vec<NewJob>) -> ApiResult<Vec<Pushed>> {
-    let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
-    // Pushes arriving together share one backend call (see PushCoalescer).
-    let pushed = state.pushes.push(jobs).await?;
-    // One counter update per queue, not per job: a batch is mostly one queue.
-    let mut enqueued: HashMap<String, u64> = HashMap::new();
-    for (queue, result) in queues.into_iter().zip(&pushed) {
-        if !result.duplicate {
-            *enqueued.entry(queue).or_default() += 1;
+    // Runs of jobs for one queue, in push order: a batch is mostly a single
+    // run, so the counter is updated once per run, not once per job.
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    for job in &jobs {
+        match runs.last_mut() {
+            Some((queue, n)) if *queue == job.queue => *n += 1,
+            _ => runs.push((job.queue.clone(), 1)),
         }
     }
-    for (queue, count) in enqueued {
-        metrics::counter!(m::JOBS_ENQUEUED, "queue" => queue).increment(count);
+    // Pushes arriving together share one backend call (see PushCoalescer).
+    let pushed = state.pushes.push(jobs).await?;
+    let mut results = pushed.iter();
+    for (queue, n) in runs {
+        let fresh = results.by_ref().take(n).filter(|p| !p.duplicate).count();
+        metrics::counter!(m::JOBS_ENQUEUED, "queue" => queue).increment(fresh as u64);
     }
     Ok(pushed)
 }

@@ -55,9 +55,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     logs TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, status, run_at);
--- Leases by deadline, of running jobs only: a job enters it when leased
--- and leaves when it ends, instead of moving between statuses.
-CREATE INDEX IF NOT EXISTS jobs_running ON jobs (queue, lease_until) WHERE status = 'running';
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (queue, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS queue_state (
@@ -1060,8 +1057,9 @@ async fn upgrade(pool: &SqlitePool) -> anyhow::Result<()> {
     add_columns(pool).await?;
     // Runnable jobs in fetch order, without and with a key: a fetch reads
     // the first rows, never sorts, and finds the keys by skipping through
-    // the second. (Files from before keys had one index for every job.)
-    // (Files from before jobs_running had every job in jobs_lease.)
+    // the second. Leases by deadline, of running jobs only: a job enters
+    // it when leased and leaves when it ends. (Older files had one index
+    // for every runnable job, and every job in jobs_lease.)
     sqlx::raw_sql(
         "DROP INDEX IF EXISTS jobs_runnable;
          DROP INDEX IF EXISTS jobs_lease;
