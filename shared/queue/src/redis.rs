@@ -8,6 +8,13 @@
 //! jobs and leases in sorted sets by time. A job's status is derived from
 //! where it is, so the hot path writes no per-job status. Pushes publish the
 //! queue name on `P:wake`, so idle workers start at once.
+//!
+//! A plain batch of 16 jobs or more is stored as a segment: its payloads in
+//! one list, a status byte per job, one wait-list element for all of them;
+//! fetches lease ranges of it as one member and acknowledgements mark bytes
+//! per run of jobs. Its jobs' ids (UUIDv8) locate it. A job leaves its
+//! segment for the per-job structures only on a rare path (failure, expired
+//! lease, release, cancel, progress report).
 
 use std::{
     collections::HashMap,
@@ -38,12 +45,18 @@ pub const IDEMPOTENCY_TTL_S: u64 = 24 * 3600;
 pub const DONE_RETENTION_MS: u64 = 24 * 3_600_000;
 /// Connections in the command pool.
 const POOL_SIZE: usize = 4;
+/// Plain batches this large or larger are stored as segments.
+const SEGMENT_MIN_JOBS: usize = 16;
+/// Most jobs in one segment: the index takes the id's last 20 bits.
+const SEGMENT_MAX_JOBS: usize = 1 << 20;
 
 struct Scripts {
     push: Script,
     push_plain: Script,
+    push_segment: Script,
     fetch: Script,
     ack: Script,
+    ack_segment: Script,
     extend: Script,
     release: Script,
     counts: Script,
@@ -69,8 +82,10 @@ impl Scripts {
         Self {
             push: script!("push.lua"),
             push_plain: script!("push_plain.lua"),
+            push_segment: script!("push_segment.lua"),
             fetch: script!("fetch.lua"),
             ack: script!("ack.lua"),
+            ack_segment: script!("ack_segment.lua"),
             extend: script!("extend.lua"),
             release: script!("release.lua"),
             counts: script!("counts.lua"),
@@ -209,6 +224,83 @@ impl RedisBackend {
             .collect())
     }
 
+    /// A plain batch as one segment (see `lua/common.lua`): the job ids are
+    /// UUIDv8s sharing their first 108 bits, the last 20 being the index.
+    async fn push_segment(&self, jobs: Vec<NewJob>) -> anyhow::Result<Vec<Pushed>> {
+        let segment = segment_prefix();
+        let first = &jobs[0];
+        let mut args: Vec<RedisValue> = Vec::with_capacity(6 + jobs.len());
+        args.push(self.prefix.clone().into());
+        args.push(first.queue.as_str().into());
+        args.push(segment.as_str().into());
+        args.push(i64::from(first.max_attempts).into());
+        args.push((first.backoff_ms as i64).into());
+        args.push((now_ms() as i64).into());
+        for job in &jobs {
+            args.push(serde_json::to_string(&job.payload)?.into());
+        }
+        let _: i64 = self
+            .eval(&self.scripts.push_segment, args)
+            .await
+            .context("push to Redis")?;
+        Ok((0..jobs.len())
+            .map(|index| Pushed {
+                id: segment_job_id(&segment, index),
+                duplicate: false,
+            })
+            .collect())
+    }
+
+    /// Successes of jobs pushed in segments, grouped per segment with
+    /// ascending indices, as `ack_segment.lua` takes them.
+    async fn ack_segments(
+        &self,
+        queue: &str,
+        worker: &str,
+        now: u64,
+        done: Vec<Ack>,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut groups: std::collections::BTreeMap<String, Vec<(u32, String)>> =
+            std::collections::BTreeMap::new();
+        for ack in done {
+            let Some((segment, index)) = segment_of(&ack.id) else {
+                continue;
+            };
+            let result = ack.outcome.expect("successes only");
+            let record = if result.is_null() && ack.attempt == 1 {
+                String::new()
+            } else {
+                format!(
+                    r#"{{"a":{},"t":{now},"r":{}}}"#,
+                    ack.attempt,
+                    serde_json::to_string(&result)?
+                )
+            };
+            groups
+                .entry(segment.to_string())
+                .or_default()
+                .push((index, record));
+        }
+        let mut args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            queue.into(),
+            (now as i64).into(),
+            worker_slot(worker).into(),
+            (DONE_RETENTION_MS as i64).into(),
+        ];
+        for (segment, mut jobs) in groups {
+            jobs.sort_unstable_by_key(|(index, _)| *index);
+            jobs.dedup_by_key(|(index, _)| *index);
+            args.push(segment.into());
+            args.push((jobs.len() as i64).into());
+            args.extend(jobs.iter().map(|(index, _)| RedisValue::from(*index)));
+            args.extend(jobs.into_iter().map(|(_, record)| RedisValue::from(record)));
+        }
+        self.eval(&self.scripts.ack_segment, args)
+            .await
+            .context("acknowledge in Redis")
+    }
+
     /// Deletes every key under this backend's prefix (benchmarks and test
     /// clean-up); SCAN-based, so Redis keeps serving meanwhile.
     pub async fn purge(&self) -> anyhow::Result<u64> {
@@ -230,13 +322,21 @@ impl RedisBackend {
         }
     }
 
-    /// Redis' `used_memory`, in bytes.
+    /// Redis' `used_memory`, in bytes, once keys deleted earlier (`UNLINK`
+    /// frees them on a background thread) are freed, so a before/after
+    /// difference measures only what happened in between.
     pub async fn used_memory(&self) -> anyhow::Result<u64> {
-        let info: String = self
-            .client()
-            .info(Some(fred::types::InfoKind::Memory))
-            .await?;
-        info_field(&info, "used_memory")
+        for _ in 0..100 {
+            let info: String = self
+                .client()
+                .info(Some(fred::types::InfoKind::Memory))
+                .await?;
+            if info_field::<u64>(&info, "lazyfree_pending_objects")? == 0 {
+                return info_field(&info, "used_memory");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(anyhow!("Redis is still freeing deleted keys after 5 s"))
     }
 
     /// CPU seconds the Redis server has used (user + system).
@@ -310,6 +410,16 @@ impl QueueBackend for RedisBackend {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        if is_plain(&jobs) && jobs.len() >= SEGMENT_MIN_JOBS && is_uniform(&jobs) {
+            let mut pushed = Vec::with_capacity(jobs.len());
+            let mut jobs = jobs;
+            while !jobs.is_empty() {
+                let rest = jobs.split_off(jobs.len().min(SEGMENT_MAX_JOBS));
+                pushed.extend(self.push_segment(jobs).await?);
+                jobs = rest;
+            }
+            return Ok(pushed);
+        }
         if is_plain(&jobs) {
             return self.push_plain(jobs).await;
         }
@@ -367,7 +477,12 @@ impl QueueBackend for RedisBackend {
             .first()
             .and_then(RedisValue::as_string)
             .unwrap_or_default();
-        let callbacks = expired_callbacks(queue, reply.last())?;
+        let ended = if head == "paused" {
+            reply.get(1)
+        } else {
+            reply.get(4)
+        };
+        let callbacks = expired_callbacks(queue, ended)?;
         if head == "paused" {
             return Ok(Fetched {
                 paused: true,
@@ -376,7 +491,8 @@ impl QueueBackend for RedisBackend {
             });
         }
         let mut jobs = Vec::new();
-        if let [_, ids, envelopes, attempts, _] = &reply[..] {
+        if let [_, ids, envelopes, attempts, _, ranges] = &reply[..] {
+            segment_jobs(queue, array(ranges)?, &mut jobs)?;
             let (ids, envelopes, attempts) = (array(ids)?, array(envelopes)?, array(attempts)?);
             jobs.reserve(ids.len());
             for ((id, envelope), attempts) in ids.iter().zip(envelopes).zip(attempts) {
@@ -419,6 +535,15 @@ impl QueueBackend for RedisBackend {
         let now = now_ms();
         let (done, failed): (Vec<Ack>, Vec<Ack>) =
             acks.into_iter().partition(|a| a.outcome.is_ok());
+        let (in_segments, done): (Vec<Ack>, Vec<Ack>) =
+            done.into_iter().partition(|a| segment_of(&a.id).is_some());
+        let mut lost = Vec::new();
+        if !in_segments.is_empty() {
+            lost = self.ack_segments(queue, worker, now, in_segments).await?;
+        }
+        if done.is_empty() && failed.is_empty() {
+            return Ok(lost);
+        }
         let mut args: Vec<RedisValue> = Vec::with_capacity(8 + done.len() * 3 + failed.len() * 3);
         args.push(self.prefix.clone().into());
         args.push(queue.into());
@@ -457,10 +582,11 @@ impl QueueBackend for RedisBackend {
                 Retry::After(ms) => ms.min(MAX_BACKOFF_MS).to_string().into(),
             });
         }
-        let lost: Vec<String> = self
+        let lost_here: Vec<String> = self
             .eval(&self.scripts.ack, args)
             .await
             .context("acknowledge in Redis")?;
+        lost.extend(lost_here);
         Ok(lost)
     }
 
@@ -530,8 +656,9 @@ impl QueueBackend for RedisBackend {
         let mut total = 0;
         // Bounded work per call, so Redis keeps serving between calls.
         loop {
-            let forgotten: u64 = self.eval(&self.scripts.purge, args.clone()).await?;
-            if forgotten == 0 {
+            let (forgotten, removed): (u64, u64) =
+                self.eval(&self.scripts.purge, args.clone()).await?;
+            if removed == 0 {
                 return Ok(total);
             }
             total += forgotten;
@@ -573,6 +700,7 @@ impl QueueBackend for RedisBackend {
             self.prefix.clone().into(),
             queue.into(),
             worker_slot(worker).into(),
+            (now_ms() as i64).into(),
         ];
         args.extend(ids.iter().map(|id| RedisValue::from(id.as_str())));
         let _: i64 = self.eval(&self.scripts.release, args).await?;
@@ -736,6 +864,74 @@ fn envelope_json(job: &NewJob, now: u64) -> anyhow::Result<String> {
         k: job.concurrency_key.as_deref(),
         cb: job.callback_url.as_deref(),
     })?)
+}
+
+/// Whether a plain batch's jobs share what a segment stores once: attempts,
+/// backoff, and no callback.
+fn is_uniform(jobs: &[NewJob]) -> bool {
+    jobs.iter().all(|job| {
+        job.max_attempts == jobs[0].max_attempts
+            && job.backoff_ms == jobs[0].backoff_ms
+            && job.callback_url.is_none()
+    })
+}
+
+/// A new segment's id prefix: a UUIDv7's time and randomness, marked as
+/// version 8 (a custom layout), its last 20 bits left for the job index.
+fn segment_prefix() -> String {
+    let mut bytes = *uuid::Uuid::now_v7().as_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[13] &= 0xf0;
+    bytes[14] = 0;
+    bytes[15] = 0;
+    let mut id = uuid::Uuid::from_bytes(bytes).to_string();
+    id.truncate(31);
+    id
+}
+
+fn segment_job_id(segment: &str, index: usize) -> String {
+    format!("{segment}{index:05x}")
+}
+
+/// The segment and index of a job pushed in a segment (`None` for others).
+fn segment_of(id: &str) -> Option<(&str, u32)> {
+    if id.len() != 36 || id.as_bytes()[14] != b'8' || !id.is_ascii() {
+        return None;
+    }
+    let index = u32::from_str_radix(&id[31..], 16).ok()?;
+    Some((&id[..31], index))
+}
+
+/// The jobs of the segment ranges a fetch leased (`fetch.lua` step 5):
+/// S, from, status bytes, payloads, max attempts per range; jobs not '0'
+/// were cancelled while waiting.
+fn segment_jobs(
+    queue: &str,
+    ranges: &[RedisValue],
+    jobs: &mut Vec<LeasedJob>,
+) -> anyhow::Result<()> {
+    for range in ranges.chunks(5) {
+        let [segment, from, states, payloads, max_attempts] = range else {
+            return Err(anyhow!("unexpected segment range {range:?}"));
+        };
+        let (segment, from) = (string(segment)?, number(from)? as usize);
+        let max_attempts = string(max_attempts)?.parse()?;
+        for (offset, (state, payload)) in bytes(states)?.iter().zip(array(payloads)?).enumerate() {
+            if *state != b'0' {
+                continue;
+            }
+            jobs.push(LeasedJob {
+                id: segment_job_id(&segment, from + offset),
+                queue: queue.to_string(),
+                payload: serde_json::from_slice(bytes(payload)?)?,
+                attempt: 1,
+                max_attempts,
+                concurrency_key: None,
+                callback_url: None,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether a batch can take the plain push: one queue, priority 0, no

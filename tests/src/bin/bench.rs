@@ -383,6 +383,10 @@ async fn latency(redis_url: &str, samples: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -408,7 +412,7 @@ async fn footprint(redis_url: &str, jobs: u64) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"bench": "footprint", "peer": "orchestrator", "pending_jobs": jobs,
-               "bytes_per_job": ((after.saturating_sub(before)) as f64 / jobs as f64).round()})
+               "bytes_per_job": round1(after.saturating_sub(before) as f64 / jobs as f64)})
     );
     Ok(())
 }

@@ -79,6 +79,7 @@ end
 -- Failures, one by one (the rare path).
 for b = fails_at, #ARGV, 3 do
   local id, record, retry = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  move_out_if_segment(prefix, id, now, slot)
   local env = redis.call('HGET', prefix .. ':jobs', id)
   if not (env and held_by(redis.call('ZSCORE', qk .. ':leased', id), slot)) then
     lost_ids[#lost_ids + 1] = id
@@ -99,20 +100,7 @@ for b = fails_at, #ARGV, 3 do
   end
 end
 
--- Finished jobs older than the retention period are forgotten, a bounded
--- number of batches per call (the list is in finishing order).
-for _ = 1, 4 do
-  local head = redis.call('LINDEX', qk .. ':done', 0)
-  if not head then break end
-  local old = {}
-  for id in string.gmatch(head, '[^,]+') do old[#old + 1] = id end
-  local record = redis.call('HGET', prefix .. ':res', old[1])
-  if record and cjson.decode(record).t > now - retention then break end
-  redis.call('LPOP', qk .. ':done')
-  for _, hash in ipairs({'jobs', 'res', 'err', 'att', 'prog'}) do
-    bulk('HDEL', prefix .. ':' .. hash, old)
-  end
-end
+forget_old_done(prefix, qk, now, retention)
 
 -- Dead and cancelled jobs past the queue's keep_dead_ms, if it has one.
 if keep_dead then
@@ -120,9 +108,7 @@ if keep_dead then
     local old = redis.call('ZRANGEBYSCORE', qk .. ':' .. set, '-inf', now - keep_dead, 'LIMIT', 0, 1000)
     if #old > 0 then
       bulk('ZREM', qk .. ':' .. set, old)
-      for _, hash in ipairs({'jobs', 'res', 'err', 'att', 'prog'}) do
-        bulk('HDEL', prefix .. ':' .. hash, old)
-      end
+      forget_jobs(prefix, old)
     end
   end
 end

@@ -105,3 +105,173 @@ local function bulk_argv(cmd, key, from, to)
     redis.call(cmd, key, unpack(ARGV, i, math.min(i + CHUNK - 1, to)))
   end
 end
+
+-- Segments: a plain batch (one queue, priority 0, no delay, key or
+-- idempotency key, the same attempts and backoff) is stored as a whole, so
+-- its jobs cost Redis a list element and a byte each, not a hash field, a
+-- list entry, lease members and a result field each.
+--   P:seg:S     hash   q, n, ma, b, c (created ms), left (jobs neither done
+--                      nor moved out), t (last acknowledgement ms)
+--   P:seg:S:p   list   payload JSON per job
+--   P:seg:S:s   string one byte per job: '0' waiting or running, '1' done,
+--                      'x' moved out to the per-job structures
+--   P:seg:S:l   hash   live leases: from -> to, '#'..from -> jobs of it
+--                      still running
+--   P:seg:S:r   hash   index -> result record, for results that are not null
+-- S is the first 31 characters of its jobs' ids (UUIDv8); the last five hex
+-- digits are the job's index. '@S:from:to' is both a wait list element (jobs
+-- from..to-1 waiting) and a lease member (those jobs leased together).
+-- qk:stats counts sw (segment jobs waiting), sr (segment elements in the
+-- wait list), sl (segment jobs leased), sg (segment lease members), so
+-- counts stay exact. Any rare event (failure, expiry, release, cancel,
+-- progress) first moves the job out to the per-job structures, where the
+-- per-job code handles it.
+local function seg_key(prefix, s) return prefix .. ':seg:' .. s end
+
+local function is_seg_id(id)
+  return #id == 36 and string.sub(id, 15, 15) == '8'
+end
+
+local function seg_of(id)
+  return string.sub(id, 1, 31), tonumber(string.sub(id, 32), 16)
+end
+
+local function seg_id(s, i) return s .. string.format('%05x', i) end
+
+local function range_member(s, from, to) return '@' .. s .. ':' .. from .. ':' .. to end
+
+local function parse_range(member)
+  local s, from, to = string.match(member, '^@([^:]+):(%d+):(%d+)$')
+  return s, tonumber(from), tonumber(to)
+end
+
+-- q, n, ma, b, c of a segment, or nil.
+local function seg_meta(prefix, s)
+  local meta = redis.call('HMGET', seg_key(prefix, s), 'q', 'n', 'ma', 'b', 'c')
+  if not meta[1] then return nil end
+  return meta
+end
+
+-- The live lease range (from, to) holding job i, or nil.
+local function seg_range(prefix, s, i)
+  local live = redis.call('HGETALL', seg_key(prefix, s) .. ':l')
+  for k = 1, #live, 2 do
+    if string.byte(live[k], 1) ~= 35 then
+      local from, to = tonumber(live[k]), tonumber(live[k + 1])
+      if i >= from and i < to then return from, to end
+    end
+  end
+end
+
+-- A segment job's envelope as the per-job hash stores it.
+local function seg_envelope(meta, payload)
+  return '{"q":' .. cjson.encode(meta[1]) .. ',"p":' .. payload .. ',"pr":0,"ma":' .. meta[3]
+    .. ',"b":' .. meta[4] .. ',"c":' .. meta[5] .. '}'
+end
+
+local function seg_forget(prefix, s)
+  local key = seg_key(prefix, s)
+  redis.call('UNLINK', key, key .. ':p', key .. ':s', key .. ':l', key .. ':r')
+end
+
+-- `count` jobs of a segment ended here (done or moved out); once none is
+-- left, the segment enters the done list (its retention clock), or goes at
+-- once on a queue that keeps no finished jobs.
+local function seg_ended(prefix, qk, s, count, now)
+  if redis.call('HINCRBY', seg_key(prefix, s), 'left', -count) > 0 then return end
+  if redis.call('HGET', qk .. ':conf', 'remove') == '1' then
+    seg_forget(prefix, s)
+  else
+    redis.call('RPUSH', qk .. ':done', '@' .. s .. '|' .. now)
+  end
+end
+
+-- `count` jobs of a lease range ended; the lease goes when none runs.
+local function range_ended(prefix, qk, s, from, to, count)
+  local live = seg_key(prefix, s) .. ':l'
+  redis.call('HINCRBY', qk .. ':stats', 'sl', -count)
+  if redis.call('HINCRBY', live, '#' .. from, -count) <= 0 then
+    redis.call('HDEL', live, from, '#' .. from)
+    redis.call('ZREM', qk .. ':leased', range_member(s, from, to))
+    redis.call('HINCRBY', qk .. ':stats', 'sg', -1)
+  end
+end
+
+-- Moves a running segment job out to the per-job structures: its envelope
+-- into P:jobs, its lease as its own member with its range's score. Only if
+-- `slot` holds that lease (any holder when slot is nil). Returns whether it
+-- moved.
+local function move_out_running(prefix, id, now, slot)
+  local s, i = seg_of(id)
+  local meta = seg_meta(prefix, s)
+  if not meta then return false end
+  local from, to = seg_range(prefix, s, i)
+  if not from then return false end
+  local key = seg_key(prefix, s)
+  if redis.call('GETRANGE', key .. ':s', i, i) ~= '0' then return false end
+  local qk = prefix .. ':q:' .. meta[1]
+  local score = redis.call('ZSCORE', qk .. ':leased', range_member(s, from, to))
+  if not score or (slot and not held_by(score, slot)) then return false end
+  redis.call('SETRANGE', key .. ':s', i, 'x')
+  redis.call('HSET', prefix .. ':jobs', id, seg_envelope(meta, redis.call('LINDEX', key .. ':p', i)))
+  redis.call('ZADD', qk .. ':leased', score, id)
+  range_ended(prefix, qk, s, from, to, 1)
+  seg_ended(prefix, qk, s, 1, now)
+  return true
+end
+
+-- A segment job that is not in the per-job structures, moved out if it is
+-- running under `slot`'s lease (the rare paths then treat it as any job).
+local function move_out_if_segment(prefix, id, now, slot)
+  if is_seg_id(id) and redis.call('HEXISTS', prefix .. ':jobs', id) == 0 then
+    move_out_running(prefix, id, now, slot)
+  end
+end
+
+-- One per-job success: false if `slot` no longer holds its lease.
+local function finish_job(prefix, qk, id, record, slot, remove_done)
+  if not held_by(redis.call('ZSCORE', qk .. ':leased', id), slot) then return false end
+  redis.call('ZREM', qk .. ':leased', id)
+  local env = redis.call('HGET', prefix .. ':jobs', id)
+  if env and redis.call('EXISTS', qk .. ':krun') == 1 then key_done(qk, cjson.decode(env).k) end
+  if remove_done then
+    for _, hash in ipairs({'jobs', 'att', 'err', 'prog'}) do
+      redis.call('HDEL', prefix .. ':' .. hash, id)
+    end
+  else
+    redis.call('HSET', prefix .. ':res', id, record)
+    redis.call('RPUSH', qk .. ':done', id)
+  end
+  redis.call('HINCRBY', qk .. ':stats', 'done', 1)
+  return true
+end
+
+-- Drops everything kept per job for `ids`.
+local function forget_jobs(prefix, ids)
+  for _, hash in ipairs({'jobs', 'res', 'err', 'att', 'prog'}) do
+    bulk('HDEL', prefix .. ':' .. hash, ids)
+  end
+end
+
+-- Finished jobs older than the retention period are forgotten, a bounded
+-- number of done-list elements per call (the list is in finishing order):
+-- comma-joined ids of one acknowledgement, or '@S|ms' for a segment.
+local function forget_old_done(prefix, qk, now, retention)
+  for _ = 1, 4 do
+    local head = redis.call('LINDEX', qk .. ':done', 0)
+    if not head then break end
+    if string.byte(head, 1) == 64 then
+      local s, at = string.match(head, '^@([^|]+)|(%d+)$')
+      if tonumber(at) > now - retention then break end
+      redis.call('LPOP', qk .. ':done')
+      seg_forget(prefix, s)
+    else
+      local old = {}
+      for id in string.gmatch(head, '[^,]+') do old[#old + 1] = id end
+      local record = redis.call('HGET', prefix .. ':res', old[1])
+      if record and cjson.decode(record).t > now - retention then break end
+      redis.call('LPOP', qk .. ':done')
+      forget_jobs(prefix, old)
+    end
+  end
+end

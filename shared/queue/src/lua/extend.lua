@@ -4,15 +4,37 @@ local prefix, queue, slot, deadline = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonum
 local qk = prefix .. ':q:' .. queue
 local score = lease_score(deadline, slot)
 local leased, lost = {}, {}
-for i = 5, #ARGV, CHUNK do
-  local part = redis.call('ZMSCORE', qk .. ':leased', unpack(ARGV, i, math.min(i + CHUNK - 1, #ARGV)))
+-- Jobs still in a segment: their range's lease is extended, once per range.
+local per_job, ranges = {}, {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  if is_seg_id(id) and redis.call('HEXISTS', prefix .. ':jobs', id) == 0 then
+    local s, index = seg_of(id)
+    local from, to = seg_range(prefix, s, index)
+    local state = from and redis.call('GETRANGE', seg_key(prefix, s) .. ':s', index, index)
+    local member = from and range_member(s, from, to)
+    if state == '0' and held_by(redis.call('ZSCORE', qk .. ':leased', member), slot) then
+      ranges[member] = true
+    else
+      lost[#lost + 1] = id
+    end
+  else
+    per_job[#per_job + 1] = id
+  end
+end
+for member in pairs(ranges) do
+  leased[#leased + 1] = score
+  leased[#leased + 1] = member
+end
+for i = 1, #per_job, CHUNK do
+  local part = redis.call('ZMSCORE', qk .. ':leased', unpack(per_job, i, math.min(i + CHUNK - 1, #per_job)))
   for j, current in ipairs(part) do
     -- Only leases this worker still holds; lost ones stay lost.
     if held_by(current, slot) then
       leased[#leased + 1] = score
-      leased[#leased + 1] = ARGV[i + j - 1]
+      leased[#leased + 1] = per_job[i + j - 1]
     else
-      lost[#lost + 1] = ARGV[i + j - 1]
+      lost[#lost + 1] = per_job[i + j - 1]
     end
   end
 end

@@ -4,7 +4,36 @@
 -- or {} for an unknown id.
 local prefix, id = ARGV[1], ARGV[2]
 local env = redis.call('HGET', prefix .. ':jobs', id)
-if not env then return {} end
+
+-- A job still in its segment: done, running in a lease range, or waiting.
+local function segment_job()
+  local s, i = seg_of(id)
+  local meta = seg_meta(prefix, s)
+  if not meta or i >= tonumber(meta[2]) then return {} end
+  local key = seg_key(prefix, s)
+  local state = redis.call('GETRANGE', key .. ':s', i, i)
+  local envelope = seg_envelope(meta, redis.call('LINDEX', key .. ':p', i))
+  local qk = prefix .. ':q:' .. meta[1]
+  if state == '1' then
+    -- A queue that keeps no finished jobs: gone once done.
+    if redis.call('HGET', qk .. ':conf', 'remove') == '1' then return {} end
+    local res = redis.call('HGET', key .. ':r', i)
+      or ('{"a":1,"t":' .. (redis.call('HGET', key, 't') or meta[5]) .. ',"r":null}')
+    return {envelope, 'done', 1, res, '', '', ''}
+  end
+  if state ~= '0' then return {} end
+  local from, to = seg_range(prefix, s, i)
+  if from then
+    local score = redis.call('ZSCORE', qk .. ':leased', range_member(s, from, to))
+    return {envelope, 'running', 1, '', '', '', math.floor(tonumber(score) / SLOTS)}
+  end
+  return {envelope, 'pending', 0, '', '', '', ''}
+end
+
+if not env then
+  if is_seg_id(id) then return segment_job() end
+  return {}
+end
 local queue = cjson.decode(env).q
 local qk = prefix .. ':q:' .. queue
 local att = tonumber(redis.call('HGET', prefix .. ':att', id) or 0)

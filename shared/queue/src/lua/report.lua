@@ -6,6 +6,10 @@
 local prefix, id, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local fraction, message = ARGV[4], ARGV[5]
 local max_lines, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
+-- A running segment job moves out, so its progress is kept per job.
+if is_seg_id(id) and redis.call('HEXISTS', prefix .. ':jobs', id) == 0 then
+  move_out_running(prefix, id, now)
+end
 if redis.call('HEXISTS', prefix .. ':jobs', id) == 0 then return 0 end
 local raw = redis.call('HGET', prefix .. ':prog', id)
 local rec = raw and cjson.decode(raw) or {}
