@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 mod progress;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     group = clap::ArgGroup::new("work").required(true).multiple(false),
