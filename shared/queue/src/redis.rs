@@ -263,18 +263,13 @@ impl RedisBackend {
         let mut groups: std::collections::BTreeMap<String, Vec<(u32, String)>> =
             std::collections::BTreeMap::new();
         for ack in done {
-            let Some((segment, index)) = segment_of(&ack.id) else {
-                continue;
-            };
-            let result = ack.outcome.expect("successes only");
+            let (segment, index) = segment_of(&ack.id).expect("partitioned: segment jobs only");
+            let result = ack.outcome.expect("partitioned: successes only");
+            // Empty: Lua knows a null result of a first attempt without one.
             let record = if result.is_null() && ack.attempt == 1 {
                 String::new()
             } else {
-                format!(
-                    r#"{{"a":{},"t":{now},"r":{}}}"#,
-                    ack.attempt,
-                    serde_json::to_string(&result)?
-                )
+                result_record(ack.attempt, now, &result)?
             };
             groups
                 .entry(segment.to_string())
@@ -561,11 +556,7 @@ impl QueueBackend for RedisBackend {
         }
         for ack in done {
             let result = ack.outcome.expect("partitioned: successes only");
-            let record = format!(
-                r#"{{"a":{},"t":{now},"r":{}}}"#,
-                ack.attempt,
-                serde_json::to_string(&result)?
-            );
+            let record = result_record(ack.attempt, now, &result)?;
             args.push(ack.id.into());
             args.push(record.into());
         }
@@ -864,6 +855,14 @@ fn envelope_json(job: &NewJob, now: u64) -> anyhow::Result<String> {
         k: job.concurrency_key.as_deref(),
         cb: job.callback_url.as_deref(),
     })?)
+}
+
+/// A done job's record (`P:res`, a segment's results): attempt, time, result.
+fn result_record(attempt: u32, now: u64, result: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(format!(
+        r#"{{"a":{attempt},"t":{now},"r":{}}}"#,
+        serde_json::to_string(result)?
+    ))
 }
 
 /// Whether a plain batch's jobs share what a segment stores once: attempts,

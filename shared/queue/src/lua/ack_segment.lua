@@ -14,23 +14,13 @@ local remove_done = conf[2] == '1'
 local lost, total = {}, 0
 
 -- The live lease ranges of a segment, each with whether `slot` holds it.
-local function held_ranges(s, key)
-  local live = redis.call('HGETALL', key .. ':l')
-  local ranges = {}
-  for k = 1, #live, 2 do
-    if string.byte(live[k], 1) ~= 35 then
-      local from, to = tonumber(live[k]), tonumber(live[k + 1])
-      local score = redis.call('ZSCORE', qk .. ':leased', range_member(s, from, to))
-      ranges[#ranges + 1] = {from = from, to = to, mine = held_by(score, slot), done = 0}
-    end
+local function held_ranges(s)
+  local ranges = seg_ranges(prefix, s)
+  for _, range in ipairs(ranges) do
+    range.mine = held_by(redis.call('ZSCORE', qk .. ':leased', range_member(s, range.from, range.to)), slot)
+    range.done = 0
   end
   return ranges
-end
-
-local function range_of(ranges, i)
-  for _, r in ipairs(ranges) do
-    if i >= r.from and i < r.to then return r end
-  end
 end
 
 -- Marks runs of consecutive indices done, one SETRANGE per run.
@@ -55,7 +45,7 @@ while at <= #ARGV do
   local key = seg_key(prefix, s)
   local lo, hi = tonumber(ARGV[first]), tonumber(ARGV[records - 1])
   local states = redis.call('GETRANGE', key .. ':s', lo, hi)
-  local ranges = held_ranges(s, key)
+  local ranges = held_ranges(s)
   local done, results = {}, {}
   for k = 0, count - 1 do
     local i = tonumber(ARGV[first + k])

@@ -2,30 +2,29 @@
 -- Returns {'cancelled', status it had} or {'final', its status} or {'not_found'}.
 local prefix, id, now, record = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local env = redis.call('HGET', prefix .. ':jobs', id)
+
+local function cancelled(qk, had)
+  redis.call('ZADD', qk .. ':cancelled', now, id)
+  redis.call('HSET', prefix .. ':err', id, record)
+  redis.call('HINCRBY', qk .. ':stats', 'cancelled', 1)
+  return {'cancelled', had}
+end
+
 -- A job still in its segment: running, it moves out and is cancelled as
 -- any running job; waiting, it is marked out (fetches skip it) and
 -- recorded as cancelled here.
 if not env and is_seg_id(id) then
-  local s, i = seg_of(id)
-  local meta = seg_meta(prefix, s)
-  if not meta or i >= tonumber(meta[2]) then return {'not_found'} end
-  local key = seg_key(prefix, s)
+  local s, i, meta, key = seg_find(prefix, id)
+  if not s then return {'not_found'} end
+  local qk = prefix .. ':q:' .. meta[1]
   local state = redis.call('GETRANGE', key .. ':s', i, i)
-  if state == '1' then
-    if redis.call('HGET', prefix .. ':q:' .. meta[1] .. ':conf', 'remove') == '1' then return {'not_found'} end
-    return {'final', 'done'}
-  end
+  if state == '1' and not keeps_no_done(qk) then return {'final', 'done'} end
   if state ~= '0' then return {'not_found'} end
   if not move_out_running(prefix, id, now) then
-    local qk = prefix .. ':q:' .. meta[1]
-    redis.call('SETRANGE', key .. ':s', i, 'x')
-    redis.call('HSET', prefix .. ':jobs', id, seg_envelope(meta, redis.call('LINDEX', key .. ':p', i)))
+    seg_move_out(prefix, key, meta, id, i)
     redis.call('HINCRBY', qk .. ':stats', 'sw', -1)
     seg_ended(prefix, qk, s, 1, now)
-    redis.call('ZADD', qk .. ':cancelled', now, id)
-    redis.call('HSET', prefix .. ':err', id, record)
-    redis.call('HINCRBY', qk .. ':stats', 'cancelled', 1)
-    return {'cancelled', 'pending'}
+    return cancelled(qk, 'pending')
   end
   env = redis.call('HGET', prefix .. ':jobs', id)
 end
@@ -54,7 +53,4 @@ else
   -- this is a job of a queue whose lists were purged): nothing to stop.
   return {'not_found'}
 end
-redis.call('ZADD', qk .. ':cancelled', now, id)
-redis.call('HSET', prefix .. ':err', id, record)
-redis.call('HINCRBY', qk .. ':stats', 'cancelled', 1)
-return {'cancelled', had}
+return cancelled(qk, had)

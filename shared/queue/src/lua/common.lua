@@ -152,21 +152,54 @@ local function seg_meta(prefix, s)
   return meta
 end
 
--- The live lease range (from, to) holding job i, or nil.
-local function seg_range(prefix, s, i)
+-- A segment job: S, index, meta, segment key; nil if there is no such job.
+local function seg_find(prefix, id)
+  local s, i = seg_of(id)
+  local meta = seg_meta(prefix, s)
+  if not meta or i >= tonumber(meta[2]) then return nil end
+  return s, i, meta, seg_key(prefix, s)
+end
+
+-- A segment's live lease ranges, each {from = .., to = ..}.
+local function seg_ranges(prefix, s)
   local live = redis.call('HGETALL', seg_key(prefix, s) .. ':l')
+  local ranges = {}
   for k = 1, #live, 2 do
     if string.byte(live[k], 1) ~= 35 then
-      local from, to = tonumber(live[k]), tonumber(live[k + 1])
-      if i >= from and i < to then return from, to end
+      ranges[#ranges + 1] = {from = tonumber(live[k]), to = tonumber(live[k + 1])}
     end
   end
+  return ranges
+end
+
+-- The range of `ranges` holding job i, or nil.
+local function range_of(ranges, i)
+  for _, range in ipairs(ranges) do
+    if i >= range.from and i < range.to then return range end
+  end
+end
+
+-- The live lease range (from, to) holding job i, or nil.
+local function seg_range(prefix, s, i)
+  local range = range_of(seg_ranges(prefix, s), i)
+  if range then return range.from, range.to end
 end
 
 -- A segment job's envelope as the per-job hash stores it.
 local function seg_envelope(meta, payload)
   return '{"q":' .. cjson.encode(meta[1]) .. ',"p":' .. payload .. ',"pr":0,"ma":' .. meta[3]
     .. ',"b":' .. meta[4] .. ',"c":' .. meta[5] .. '}'
+end
+
+-- Marks job i moved out and puts its envelope in the per-job hash.
+local function seg_move_out(prefix, key, meta, id, i)
+  redis.call('SETRANGE', key .. ':s', i, 'x')
+  redis.call('HSET', prefix .. ':jobs', id, seg_envelope(meta, redis.call('LINDEX', key .. ':p', i)))
+end
+
+-- Whether a queue forgets jobs as soon as they are done (remove_on_complete).
+local function keeps_no_done(qk)
+  return redis.call('HGET', qk .. ':conf', 'remove') == '1'
 end
 
 local function seg_forget(prefix, s)
@@ -179,7 +212,7 @@ end
 -- once on a queue that keeps no finished jobs.
 local function seg_ended(prefix, qk, s, count, now)
   if redis.call('HINCRBY', seg_key(prefix, s), 'left', -count) > 0 then return end
-  if redis.call('HGET', qk .. ':conf', 'remove') == '1' then
+  if keeps_no_done(qk) then
     seg_forget(prefix, s)
   else
     redis.call('RPUSH', qk .. ':done', '@' .. s .. '|' .. now)
@@ -202,18 +235,15 @@ end
 -- `slot` holds that lease (any holder when slot is nil). Returns whether it
 -- moved.
 local function move_out_running(prefix, id, now, slot)
-  local s, i = seg_of(id)
-  local meta = seg_meta(prefix, s)
-  if not meta then return false end
+  local s, i, meta, key = seg_find(prefix, id)
+  if not s then return false end
   local from, to = seg_range(prefix, s, i)
   if not from then return false end
-  local key = seg_key(prefix, s)
   if redis.call('GETRANGE', key .. ':s', i, i) ~= '0' then return false end
   local qk = prefix .. ':q:' .. meta[1]
   local score = redis.call('ZSCORE', qk .. ':leased', range_member(s, from, to))
   if not score or (slot and not held_by(score, slot)) then return false end
-  redis.call('SETRANGE', key .. ':s', i, 'x')
-  redis.call('HSET', prefix .. ':jobs', id, seg_envelope(meta, redis.call('LINDEX', key .. ':p', i)))
+  seg_move_out(prefix, key, meta, id, i)
   redis.call('ZADD', qk .. ':leased', score, id)
   range_ended(prefix, qk, s, from, to, 1)
   seg_ended(prefix, qk, s, 1, now)

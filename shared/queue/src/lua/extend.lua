@@ -4,17 +4,19 @@ local prefix, queue, slot, deadline = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonum
 local qk = prefix .. ':q:' .. queue
 local score = lease_score(deadline, slot)
 local leased, lost = {}, {}
--- Jobs still in a segment: their range's lease is extended, once per range.
-local per_job, ranges = {}, {}
+-- Jobs still in a segment: their range's lease is extended, once per range
+-- (each segment's ranges read once).
+local per_job, members, seg_live = {}, {}, {}
 for i = 5, #ARGV do
   local id = ARGV[i]
   if is_seg_id(id) and redis.call('HEXISTS', prefix .. ':jobs', id) == 0 then
     local s, index = seg_of(id)
-    local from, to = seg_range(prefix, s, index)
-    local state = from and redis.call('GETRANGE', seg_key(prefix, s) .. ':s', index, index)
-    local member = from and range_member(s, from, to)
+    seg_live[s] = seg_live[s] or seg_ranges(prefix, s)
+    local range = range_of(seg_live[s], index)
+    local state = range and redis.call('GETRANGE', seg_key(prefix, s) .. ':s', index, index)
+    local member = range and range_member(s, range.from, range.to)
     if state == '0' and held_by(redis.call('ZSCORE', qk .. ':leased', member), slot) then
-      ranges[member] = true
+      members[member] = true
     else
       lost[#lost + 1] = id
     end
@@ -22,7 +24,7 @@ for i = 5, #ARGV do
     per_job[#per_job + 1] = id
   end
 end
-for member in pairs(ranges) do
+for member in pairs(members) do
   leased[#leased + 1] = score
   leased[#leased + 1] = member
 end

@@ -7,16 +7,14 @@ local env = redis.call('HGET', prefix .. ':jobs', id)
 
 -- A job still in its segment: done, running in a lease range, or waiting.
 local function segment_job()
-  local s, i = seg_of(id)
-  local meta = seg_meta(prefix, s)
-  if not meta or i >= tonumber(meta[2]) then return {} end
-  local key = seg_key(prefix, s)
+  local s, i, meta, key = seg_find(prefix, id)
+  if not s then return {} end
   local state = redis.call('GETRANGE', key .. ':s', i, i)
   local envelope = seg_envelope(meta, redis.call('LINDEX', key .. ':p', i))
   local qk = prefix .. ':q:' .. meta[1]
   if state == '1' then
     -- A queue that keeps no finished jobs: gone once done.
-    if redis.call('HGET', qk .. ':conf', 'remove') == '1' then return {} end
+    if keeps_no_done(qk) then return {} end
     local res = redis.call('HGET', key .. ':r', i)
       or ('{"a":1,"t":' .. (redis.call('HGET', key, 't') or meta[5]) .. ',"r":null}')
     return {envelope, 'done', 1, res, '', '', ''}
