@@ -1,7 +1,8 @@
-//! Batches stored as segments on Redis (one list of payloads and a status
-//! byte per job): every job of a segment keeps its own fate through a
-//! worker killed mid-segment, mixed failures and retries, cancellation,
-//! and a Redis restart between lease and acknowledgement.
+//! Batches stored as segments on Redis (the payloads in one string and a
+//! status byte per job): every job of a segment keeps its own payload and
+//! its own fate through a worker killed mid-segment, mixed failures and
+//! retries, cancellation, and a Redis restart between lease and
+//! acknowledgement.
 
 use std::time::{Duration, Instant};
 
@@ -226,5 +227,62 @@ async fn a_redis_restart_between_lease_and_ack_loses_nothing() {
         let job = api.job(id).await;
         assert_eq!(job["status"], "done", "{job}");
         assert_eq!(job["result"]["attempt"], 1, "{job}");
+    }
+}
+
+/// Payloads of every shape and size (null, scalars, multi-byte text, a
+/// 100 KB string, nested objects) come back exactly from a segment, both
+/// by id while waiting and in the leases a worker takes.
+#[tokio::test]
+async fn every_payload_of_a_segment_comes_back_exactly() {
+    let setup = Setup::new(Backend::redis());
+    let api = setup.start_api(&[]).await;
+    let (status, body) = api
+        .post(
+            "/api/v1/queues",
+            &json!({"name": "shapes", "handler": "external"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let payloads: Vec<Value> = (0..40)
+        .map(|i| match i % 8 {
+            0 => Value::Null,
+            1 => json!(i),
+            2 => json!(format!("Grüße, 世界 {i} \"quoted\"")),
+            3 => json!("x".repeat(100_000 + i)),
+            4 => json!({"nested": {"list": [i, true, null], "text": "é"}}),
+            5 => json!([]),
+            6 => json!({}),
+            _ => json!(-1.5e300),
+        })
+        .collect();
+    let jobs = payloads
+        .iter()
+        .map(|payload| json!({"queue": "shapes", "payload": payload}))
+        .collect();
+    let ids = push_segment(&api, jobs).await;
+    for (id, payload) in ids.iter().zip(&payloads) {
+        let job = api.job(id).await;
+        assert_eq!(job["status"], "pending", "{id}");
+        assert_eq!(&job["payload"], payload, "{id} by id");
+    }
+    let mut leased = std::collections::HashMap::new();
+    while leased.len() < ids.len() {
+        let (status, body) = api
+            .post("/api/v1/queues/shapes/lease", &json!({"max": 7}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let jobs = body["jobs"].as_array().expect("jobs").clone();
+        assert!(!jobs.is_empty(), "leases stopped at {}", leased.len());
+        for job in jobs {
+            leased.insert(
+                job["id"].as_str().unwrap().to_string(),
+                job["payload"].clone(),
+            );
+        }
+    }
+    for (id, payload) in ids.iter().zip(&payloads) {
+        assert_eq!(leased.get(id), Some(payload), "{id} leased");
+        assert_eq!(api.job(id).await["status"], "running", "{id}");
     }
 }

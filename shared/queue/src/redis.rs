@@ -10,7 +10,8 @@
 //! queue name on `P:wake`, so idle workers start at once.
 //!
 //! A plain batch of 16 jobs or more is stored as a segment: its payloads in
-//! one list, a status byte per job, one wait-list element for all of them;
+//! one string (with where each ends in another), a status byte per job, one
+//! wait-list element for all of them;
 //! fetches lease ranges of it as one member and acknowledgements mark bytes
 //! per run of jobs. Its jobs' ids (UUIDv8) locate it. A job leaves its
 //! segment for the per-job structures only on a rare path (failure, expired
@@ -49,6 +50,9 @@ const POOL_SIZE: usize = 4;
 const SEGMENT_MIN_JOBS: usize = 16;
 /// Most jobs in one segment: the index takes the id's last 20 bits.
 const SEGMENT_MAX_JOBS: usize = 1 << 20;
+/// Most payload bytes in one segment (more only for a single job): one
+/// Redis string holds them, with 32-bit offsets.
+const SEGMENT_MAX_BYTES: usize = 64 << 20;
 
 struct Scripts {
     push: Script,
@@ -224,26 +228,54 @@ impl RedisBackend {
             .collect())
     }
 
-    /// A plain batch as one segment (see `lua/common.lua`): the job ids are
-    /// UUIDv8s sharing their first 108 bits, the last 20 being the index.
-    async fn push_segment(&self, jobs: Vec<NewJob>) -> anyhow::Result<Vec<Pushed>> {
-        let segment = segment_prefix();
-        let first = &jobs[0];
-        let mut args: Vec<RedisValue> = Vec::with_capacity(6 + jobs.len());
-        args.push(self.prefix.clone().into());
-        args.push(first.queue.as_str().into());
-        args.push(segment.as_str().into());
-        args.push(i64::from(first.max_attempts).into());
-        args.push((first.backoff_ms as i64).into());
-        args.push((now_ms() as i64).into());
+    /// A plain batch as segments (see `lua/common.lua`), as few as the
+    /// size limits allow: each job's payload JSON is written straight into
+    /// its segment's payload string.
+    async fn push_segments(&self, jobs: Vec<NewJob>) -> anyhow::Result<Vec<Pushed>> {
+        let mut pushed = Vec::with_capacity(jobs.len());
+        let mut segment = SegmentPayloads::default();
         for job in &jobs {
-            args.push(serde_json::to_string(&job.payload)?.into());
+            let before = segment.bytes.len();
+            serde_json::to_writer(&mut segment.bytes, &job.payload)?;
+            let full = segment.count == SEGMENT_MAX_JOBS || segment.bytes.len() > SEGMENT_MAX_BYTES;
+            if segment.count > 0 && full {
+                let carried = segment.bytes.split_off(before);
+                let ready = std::mem::take(&mut segment);
+                pushed.extend(self.push_segment(&jobs[0], ready).await?);
+                segment.bytes = carried;
+            }
+            segment
+                .ends
+                .extend((segment.bytes.len() as u32).to_be_bytes());
+            segment.count += 1;
         }
+        pushed.extend(self.push_segment(&jobs[0], segment).await?);
+        Ok(pushed)
+    }
+
+    /// One segment: the job ids are UUIDv8s sharing their first 108 bits,
+    /// the last 20 being the index.
+    async fn push_segment(
+        &self,
+        first: &NewJob,
+        payloads: SegmentPayloads,
+    ) -> anyhow::Result<Vec<Pushed>> {
+        let segment = segment_prefix();
+        let args: Vec<RedisValue> = vec![
+            self.prefix.clone().into(),
+            first.queue.as_str().into(),
+            segment.as_str().into(),
+            i64::from(first.max_attempts).into(),
+            (first.backoff_ms as i64).into(),
+            (now_ms() as i64).into(),
+            RedisValue::Bytes(payloads.bytes.into()),
+            RedisValue::Bytes(payloads.ends.into()),
+        ];
         let _: i64 = self
             .eval(&self.scripts.push_segment, args)
             .await
             .context("push to Redis")?;
-        Ok((0..jobs.len())
+        Ok((0..payloads.count)
             .map(|index| Pushed {
                 id: segment_job_id(&segment, index),
                 duplicate: false,
@@ -251,8 +283,9 @@ impl RedisBackend {
             .collect())
     }
 
-    /// Successes of jobs pushed in segments, grouped per segment with
-    /// ascending indices, as `ack_segment.lua` takes them.
+    /// Successes of jobs pushed in segments, per segment as runs of
+    /// consecutive indices plus the few result records to keep, as
+    /// `ack_segment.lua` takes them.
     async fn ack_segments(
         &self,
         queue: &str,
@@ -260,21 +293,18 @@ impl RedisBackend {
         now: u64,
         done: Vec<Ack>,
     ) -> anyhow::Result<Vec<String>> {
-        let mut groups: std::collections::BTreeMap<String, Vec<(u32, String)>> =
+        let mut groups: std::collections::BTreeMap<&str, Vec<(u32, Option<String>)>> =
             std::collections::BTreeMap::new();
-        for ack in done {
+        for ack in &done {
             let (segment, index) = segment_of(&ack.id).expect("partitioned: segment jobs only");
-            let result = ack.outcome.expect("partitioned: successes only");
-            // Empty: Lua knows a null result of a first attempt without one.
+            let result = ack.outcome.as_ref().expect("partitioned: successes only");
+            // None: Lua knows a null result of a first attempt without one.
             let record = if result.is_null() && ack.attempt == 1 {
-                String::new()
+                None
             } else {
-                result_record(ack.attempt, now, &result)?
+                Some(result_record(ack.attempt, now, result)?)
             };
-            groups
-                .entry(segment.to_string())
-                .or_default()
-                .push((index, record));
+            groups.entry(segment).or_default().push((index, record));
         }
         let mut args: Vec<RedisValue> = vec![
             self.prefix.clone().into(),
@@ -286,10 +316,22 @@ impl RedisBackend {
         for (segment, mut jobs) in groups {
             jobs.sort_unstable_by_key(|(index, _)| *index);
             jobs.dedup_by_key(|(index, _)| *index);
+            let runs = index_runs(jobs.iter().map(|(index, _)| *index));
+            let records: Vec<(u32, String)> = jobs
+                .into_iter()
+                .filter_map(|(index, record)| Some((index, record?)))
+                .collect();
             args.push(segment.into());
-            args.push((jobs.len() as i64).into());
-            args.extend(jobs.iter().map(|(index, _)| RedisValue::from(*index)));
-            args.extend(jobs.into_iter().map(|(_, record)| RedisValue::from(record)));
+            args.push((runs.len() as i64).into());
+            args.push((records.len() as i64).into());
+            for (first, last) in runs {
+                args.push(first.into());
+                args.push(last.into());
+            }
+            for (index, record) in records {
+                args.push(index.into());
+                args.push(record.into());
+            }
         }
         self.eval(&self.scripts.ack_segment, args)
             .await
@@ -406,14 +448,7 @@ impl QueueBackend for RedisBackend {
             return Ok(Vec::new());
         }
         if is_plain(&jobs) && jobs.len() >= SEGMENT_MIN_JOBS && is_uniform(&jobs) {
-            let mut pushed = Vec::with_capacity(jobs.len());
-            let mut jobs = jobs;
-            while !jobs.is_empty() {
-                let rest = jobs.split_off(jobs.len().min(SEGMENT_MAX_JOBS));
-                pushed.extend(self.push_segment(jobs).await?);
-                jobs = rest;
-            }
-            return Ok(pushed);
+            return self.push_segments(jobs).await;
         }
         if is_plain(&jobs) {
             return self.push_plain(jobs).await;
@@ -865,6 +900,27 @@ fn result_record(attempt: u32, now: u64, result: &serde_json::Value) -> anyhow::
     ))
 }
 
+/// A segment being built: its payload JSON back to back, where each ends
+/// (4 bytes big-endian per job), and how many jobs.
+#[derive(Default)]
+struct SegmentPayloads {
+    bytes: Vec<u8>,
+    ends: Vec<u8>,
+    count: usize,
+}
+
+/// Ascending indices as runs of consecutive ones, (first, last) inclusive.
+fn index_runs(indices: impl Iterator<Item = u32>) -> Vec<(u32, u32)> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for index in indices {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == index => *last = index,
+            _ => runs.push((index, index)),
+        }
+    }
+    runs
+}
+
 /// Whether a plain batch's jobs share what a segment stores once: attempts,
 /// backoff, and no callback.
 fn is_uniform(jobs: &[NewJob]) -> bool {
@@ -901,28 +957,36 @@ fn segment_of(id: &str) -> Option<(&str, u32)> {
     Some((&id[..31], index))
 }
 
-/// The jobs of the segment ranges a fetch leased (`fetch.lua` step 5):
-/// S, from, status bytes, payloads, max attempts per range; jobs not '0'
-/// were cancelled while waiting.
+/// The jobs of the segment ranges a fetch leased (`fetch.lua` step 5): S,
+/// from, status bytes, where the first payload starts, where each ends,
+/// the payload bytes, max attempts per range; jobs not '0' were cancelled
+/// while waiting.
 fn segment_jobs(
     queue: &str,
     ranges: &[RedisValue],
     jobs: &mut Vec<LeasedJob>,
 ) -> anyhow::Result<()> {
-    for range in ranges.chunks(5) {
-        let [segment, from, states, payloads, max_attempts] = range else {
+    for range in ranges.chunks(7) {
+        let [segment, from, states, start, ends, payloads, max_attempts] = range else {
             return Err(anyhow!("unexpected segment range {range:?}"));
         };
         let (segment, from) = (string(segment)?, number(from)? as usize);
         let max_attempts = string(max_attempts)?.parse()?;
-        for (offset, (state, payload)) in bytes(states)?.iter().zip(array(payloads)?).enumerate() {
+        let (start, ends, payloads) = (number(start)? as usize, bytes(ends)?, bytes(payloads)?);
+        let mut begin = 0;
+        for (offset, (state, end)) in bytes(states)?.iter().zip(ends.chunks_exact(4)).enumerate() {
+            let end = (u32::from_be_bytes(end.try_into()?) as usize).saturating_sub(start);
+            let payload = payloads
+                .get(begin..end)
+                .ok_or_else(|| anyhow!("segment {segment}: payload offsets out of range"))?;
+            begin = end;
             if *state != b'0' {
                 continue;
             }
             jobs.push(LeasedJob {
                 id: segment_job_id(&segment, from + offset),
                 queue: queue.to_string(),
-                payload: serde_json::from_slice(bytes(payload)?)?,
+                payload: serde_json::from_slice(payload)?,
                 attempt: 1,
                 max_attempts,
                 concurrency_key: None,
@@ -1022,4 +1086,16 @@ fn job_info(id: &str, reply: &[RedisValue]) -> anyhow::Result<JobInfo> {
         created_at_ms: envelope.c,
         updated_at_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_runs_join_consecutive_indices() {
+        let runs = index_runs([0, 1, 2, 5, 7, 8].into_iter());
+        assert_eq!(runs, vec![(0, 2), (5, 5), (7, 8)]);
+        assert!(index_runs(std::iter::empty()).is_empty());
+    }
 }

@@ -108,16 +108,21 @@ end
 
 -- Segments: a plain batch (one queue, priority 0, no delay, key or
 -- idempotency key, the same attempts and backoff) is stored as a whole, so
--- its jobs cost Redis a list element and a byte each, not a hash field, a
--- list entry, lease members and a result field each.
+-- its jobs cost Redis their payload bytes, an offset and a status byte, not
+-- a hash field, a list entry, lease members and a result field each, and no
+-- script step per job.
 --   P:seg:S     hash   q, n, ma, b, c (created ms), left (jobs neither done
---                      nor moved out), t (last acknowledgement ms)
---   P:seg:S:p   list   payload JSON per job
+--                      nor moved out)
+--   P:seg:S:p   string the payloads' JSON, one after the other
+--   P:seg:S:o   string where each payload ends in it: 4 bytes (big-endian)
+--                      per job, so a range's payloads are two GETRANGEs
 --   P:seg:S:s   string one byte per job: '0' waiting or running, '1' done,
 --                      'x' moved out to the per-job structures
 --   P:seg:S:l   hash   live leases: from -> to, '#'..from -> jobs of it
 --                      still running
 --   P:seg:S:r   hash   index -> result record, for results that are not null
+--   P:seg:S:d   string when each job was done: ms after c, 4 bytes
+--                      (big-endian) per job, written a run at a time
 -- S is the first 31 characters of its jobs' ids (UUIDv8); the last five hex
 -- digits are the job's index. '@S:from:to' is both a wait list element (jobs
 -- from..to-1 waiting) and a lease member (those jobs leased together).
@@ -185,6 +190,33 @@ local function seg_range(prefix, s, i)
   if range then return range.from, range.to end
 end
 
+-- Where payload i of a segment ends in its payload string.
+local function payload_end(key, i)
+  return struct.unpack('>I4', redis.call('GETRANGE', key .. ':o', 4 * i, 4 * i + 3))
+end
+
+-- The payloads of jobs from..to-1: where the first starts, where each ends
+-- (4 bytes each, big-endian) and the payload bytes themselves.
+local function seg_payloads(key, from, to)
+  local start = from > 0 and payload_end(key, from - 1) or 0
+  local ends = redis.call('GETRANGE', key .. ':o', 4 * from, 4 * to - 1)
+  local stop = struct.unpack('>I4', string.sub(ends, -4))
+  return start, ends, redis.call('GETRANGE', key .. ':p', start, stop - 1)
+end
+
+-- The payload JSON of job i.
+local function seg_payload(key, i)
+  local _, _, payload = seg_payloads(key, i, i + 1)
+  return payload
+end
+
+-- When done job i of a segment created at `created` ms was done (ms).
+local function seg_done_ms(key, created, i)
+  local stamp = redis.call('GETRANGE', key .. ':d', 4 * i, 4 * i + 3)
+  if #stamp < 4 then return created end
+  return created + struct.unpack('>I4', stamp)
+end
+
 -- A segment job's envelope as the per-job hash stores it.
 local function seg_envelope(meta, payload)
   return '{"q":' .. cjson.encode(meta[1]) .. ',"p":' .. payload .. ',"pr":0,"ma":' .. meta[3]
@@ -194,7 +226,7 @@ end
 -- Marks job i moved out and puts its envelope in the per-job hash.
 local function seg_move_out(prefix, key, meta, id, i)
   redis.call('SETRANGE', key .. ':s', i, 'x')
-  redis.call('HSET', prefix .. ':jobs', id, seg_envelope(meta, redis.call('LINDEX', key .. ':p', i)))
+  redis.call('HSET', prefix .. ':jobs', id, seg_envelope(meta, seg_payload(key, i)))
 end
 
 -- Whether a queue forgets jobs as soon as they are done (remove_on_complete).
@@ -204,7 +236,8 @@ end
 
 local function seg_forget(prefix, s)
   local key = seg_key(prefix, s)
-  redis.call('UNLINK', key, key .. ':p', key .. ':s', key .. ':l', key .. ':r')
+  redis.call('UNLINK', key, key .. ':p', key .. ':o', key .. ':s', key .. ':l', key .. ':r',
+    key .. ':d')
 end
 
 -- `count` jobs of a segment ended here (done or moved out); once none is

@@ -180,7 +180,8 @@ end
 
 -- 5. Segment ranges taken are leased as one member each; the reply gives
 --    per range: S, from, its status bytes (jobs not '0' were cancelled while
---    waiting and are skipped), its payloads, max attempts.
+--    waiting and are skipped), where its first payload starts, where each
+--    ends, the payload bytes, max attempts.
 local score = lease_score(now + lease, slot)
 local ranges_out = {}
 for _, range in ipairs(segs) do
@@ -198,7 +199,10 @@ for _, range in ipairs(segs) do
     ranges_out[#ranges_out + 1] = s
     ranges_out[#ranges_out + 1] = from
     ranges_out[#ranges_out + 1] = states
-    ranges_out[#ranges_out + 1] = redis.call('LRANGE', key .. ':p', from, to - 1)
+    local start, ends, payloads = seg_payloads(key, from, to)
+    ranges_out[#ranges_out + 1] = start
+    ranges_out[#ranges_out + 1] = ends
+    ranges_out[#ranges_out + 1] = payloads
     ranges_out[#ranges_out + 1] = ma
   end
 end

@@ -10,13 +10,13 @@ local function segment_job()
   local s, i, meta, key = seg_find(prefix, id)
   if not s then return {} end
   local state = redis.call('GETRANGE', key .. ':s', i, i)
-  local envelope = seg_envelope(meta, redis.call('LINDEX', key .. ':p', i))
+  local envelope = seg_envelope(meta, seg_payload(key, i))
   local qk = prefix .. ':q:' .. meta[1]
   if state == '1' then
     -- A queue that keeps no finished jobs: gone once done.
     if keeps_no_done(qk) then return {} end
     local res = redis.call('HGET', key .. ':r', i)
-      or ('{"a":1,"t":' .. (redis.call('HGET', key, 't') or meta[5]) .. ',"r":null}')
+      or ('{"a":1,"t":' .. seg_done_ms(key, tonumber(meta[5]), i) .. ',"r":null}')
     return {envelope, 'done', 1, res, '', '', ''}
   end
   if state ~= '0' then return {} end
