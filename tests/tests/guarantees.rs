@@ -85,9 +85,12 @@ async fn wave_of_100k_due_jobs_does_not_delay_the_scheduler() {
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
-    // Due with the wave, but urgent: it must start as soon as it is due.
+    // Due with the wave, but urgent: it must start as soon as it is due
+    // (an object payload: its result records when it started).
     let probe = api
-        .push(json!({"queue": "noop", "priority": 10, "delay_ms": due_at - now_ms()}))
+        .push(
+            json!({"queue": "noop", "payload": {}, "priority": 10, "delay_ms": due_at - now_ms()}),
+        )
         .await;
     assert!(
         now_ms() < due_at - 500,

@@ -137,7 +137,9 @@ async fn delayed_job_waits_until_due(backend: Backend) {
     let setup = Setup::new(backend.clone());
     let api = setup.start_api(&[]).await;
     let _worker = setup.start_noop_worker_unless_embedded();
-    let id = api.push(json!({"queue": "noop", "delay_ms": 1500})).await;
+    let id = api
+        .push(json!({"queue": "noop", "payload": {}, "delay_ms": 1500}))
+        .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(api.job(&id).await["status"], "pending");
     let job = api.wait_for_status(&id, "done", WAIT).await;

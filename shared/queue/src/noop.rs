@@ -3,6 +3,10 @@
 //! first attempts (`fail_attempts`) or to panic (`panic`). With `report`
 //! it logs its attempt and reports progress halfway through its sleep (the
 //! probe for progress and logs).
+//!
+//! A job without a payload is a true no-op: its result is null, like the
+//! peers' no-op jobs in benchmarks. A job with an object payload (`{}`
+//! will do) gets a record of its run: attempt, sleep and start time.
 
 use std::time::Duration;
 
@@ -103,6 +107,9 @@ impl JobHandler for Noop {
     }
 
     async fn run(&self, job: &LeasedJob, ctx: &JobContext) -> Result<Value, JobError> {
+        if job.payload.is_null() {
+            return Ok(Value::Null);
+        }
         // When it started, in µs since the epoch: latency benches read it.
         let started_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -164,6 +171,17 @@ mod tests {
         assert!(noop.run(&job(payload.clone(), 1), &ctx).await.is_err());
         let done = noop.run(&job(payload, 2), &ctx).await.unwrap();
         assert_eq!(done["attempt"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_job_without_payload_returns_null_and_an_object_a_record() {
+        let ctx = JobContext::detached("j");
+        let bare = Noop::default().run(&job(Value::Null, 1), &ctx).await;
+        assert_eq!(bare.unwrap(), Value::Null);
+        let record = Noop::default().run(&job(json!({}), 1), &ctx).await;
+        let record = record.unwrap();
+        assert_eq!(record["attempt"], 1);
+        assert!(record["started_us"].as_u64().unwrap() > 0, "{record}");
     }
 
     #[test]

@@ -357,7 +357,9 @@ async fn latency(redis_url: &str, samples: u64) -> anyhow::Result<()> {
     let mut delays_us = Vec::with_capacity(samples as usize);
     for _ in 0..samples {
         let pushed_us = now_us();
-        let id = queue.push(noop_jobs(1)).await?.remove(0).id;
+        // An object payload: the job's result then records when it started.
+        let probe = NewJob::new("noop", json!({}));
+        let id = queue.push(vec![probe]).await?.remove(0).id;
         let started_us = loop {
             let job = queue.job(&id).await?.context("pushed job vanished")?;
             if job.status == JobStatus::Done {
