@@ -62,8 +62,9 @@ pub struct WorkerOptions {
 }
 
 /// Jobs this worker holds (leased, not yet acknowledged): renewed by the
-/// heartbeat loop, released or acknowledged before exit.
-type Held = Arc<Mutex<HashMap<String, HeldJob>>>;
+/// heartbeat loop, released or acknowledged before exit. Looked up a few
+/// times per job, so hashed with foldhash rather than SipHash.
+type Held = Arc<Mutex<HashMap<String, HeldJob, foldhash::fast::RandomState>>>;
 
 /// One held job: the token its handler watches (cancelled when the lease is
 /// lost), and where to tell that it ended, if anywhere.
@@ -234,7 +235,7 @@ async fn run_one(running: Running, job: LeasedJob) -> Result<Value, BoxDynError>
         .get(&job.id)
         .map(|held| held.cancel.clone())
         .unwrap_or_default();
-    let ctx = JobContext::new(job.id.clone(), cancel.clone(), backend);
+    let ctx = JobContext::new(job.id.clone(), cancel, backend);
     let started = Instant::now();
     let counts = orchestrator_core::fleet::job_counts();
     meters.active.increment(1.0);
@@ -242,7 +243,7 @@ async fn run_one(running: Running, job: LeasedJob) -> Result<Value, BoxDynError>
     let attempt = std::panic::AssertUnwindSafe(handler.run(&job, &ctx)).catch_unwind();
     let result = tokio::select! {
         result = attempt => Some(result),
-        _ = cancel.cancelled() => None,
+        _ = ctx.cancelled() => None,
     };
     counts.finished();
     meters.active.decrement(1.0);
@@ -332,9 +333,10 @@ async fn fetch_loop(
                     held.lock()
                         .expect("held lock")
                         .insert(job.id.clone(), entry);
-                    let task = TaskBuilder::new(job.clone())
-                        .task_id(TaskId::from_string(job.id.clone()))
-                        .data(Attempt(job.attempt))
+                    let (task_id, attempt) = (TaskId::from_string(job.id.clone()), job.attempt);
+                    let task = TaskBuilder::new(job)
+                        .task_id(task_id)
+                        .data(Attempt(attempt))
                         .build();
                     if tasks.send(task).is_err() {
                         return;
