@@ -918,14 +918,22 @@ async fn waiting_keys(
 
 /// Marks `worker`'s running jobs in `chunk` (id, result JSON or `None`
 /// for null) done; returns the ids it no longer held (lost leases, left
-/// alone: they run again elsewhere). The lost ones are looked up rather
-/// than the held ones, so the common case, none lost, sends no rows back.
+/// alone: they run again elsewhere). The common case, every lease still
+/// held, is one UPDATE inside a savepoint; only when it changed fewer rows
+/// than asked is it undone, and the lost ids looked up first.
 async fn mark_done(
     conn: &mut sqlx::SqliteConnection,
     worker: &str,
     now: i64,
     chunk: &[(String, Option<String>)],
 ) -> anyhow::Result<Vec<String>> {
+    let mut attempt = sqlx::Connection::begin(&mut *conn).await?;
+    if update_done(&mut attempt, worker, now, chunk).await? == chunk.len() {
+        attempt.commit().await?;
+        return Ok(Vec::new());
+    }
+    attempt.rollback().await?;
+
     let mut find_lost = sqlx::QueryBuilder::new("SELECT id FROM jobs WHERE id IN (");
     push_ids(&mut find_lost, chunk);
     find_lost
@@ -933,9 +941,39 @@ async fn mark_done(
         .push_bind(worker)
         .push(")");
     let mut lost: Vec<String> = find_lost.build_query_scalar().fetch_all(&mut *conn).await?;
+    let held = update_done(conn, worker, now, chunk).await?;
 
-    // Most results are null: then the column is set to NULL for a plain id
-    // list; stored results are matched to their rows through a CTE.
+    // Ids that are gone altogether (a removed job acknowledged twice) are
+    // lost too; only then are the remaining ones listed.
+    if held + lost.len() < chunk.len() {
+        let mut find_existing = sqlx::QueryBuilder::new("SELECT id FROM jobs WHERE id IN (");
+        push_ids(&mut find_existing, chunk);
+        find_existing.push(")");
+        let existing: std::collections::HashSet<String> = find_existing
+            .build_query_scalar()
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+        lost.extend(
+            chunk
+                .iter()
+                .map(|(id, _)| id.clone())
+                .filter(|id| !existing.contains(id)),
+        );
+    }
+    Ok(lost)
+}
+
+/// Sets the jobs of `chunk` that `worker` still runs done; returns how many.
+/// Most results are null: then the column is set to NULL for a plain id
+/// list; stored results are matched to their rows through a CTE.
+async fn update_done(
+    conn: &mut sqlx::SqliteConnection,
+    worker: &str,
+    now: i64,
+    chunk: &[(String, Option<String>)],
+) -> anyhow::Result<usize> {
     let mut update = sqlx::QueryBuilder::new("");
     let stores_results = chunk.iter().any(|(_, result)| result.is_some());
     if stores_results {
@@ -961,28 +999,7 @@ async fn mark_done(
         .push(" AND id IN (");
     push_ids(&mut update, chunk);
     update.push(")");
-    let held = update.build().execute(&mut *conn).await?.rows_affected() as usize;
-
-    // Ids that are gone altogether (a removed job acknowledged twice) are
-    // lost too; only then are the remaining ones listed.
-    if held + lost.len() < chunk.len() {
-        let mut find_existing = sqlx::QueryBuilder::new("SELECT id FROM jobs WHERE id IN (");
-        push_ids(&mut find_existing, chunk);
-        find_existing.push(")");
-        let existing: std::collections::HashSet<String> = find_existing
-            .build_query_scalar()
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
-        lost.extend(
-            chunk
-                .iter()
-                .map(|(id, _)| id.clone())
-                .filter(|id| !existing.contains(id)),
-        );
-    }
-    Ok(lost)
+    Ok(update.build().execute(&mut *conn).await?.rows_affected() as usize)
 }
 
 fn push_ids(query: &mut sqlx::QueryBuilder<sqlx::Sqlite>, chunk: &[(String, Option<String>)]) {
