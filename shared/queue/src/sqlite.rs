@@ -54,7 +54,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress TEXT,
     logs TEXT
 );
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (queue, status, run_at);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (queue, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS queue_state (
@@ -171,16 +170,13 @@ impl SqliteBackend {
         if remove {
             Self::forget(conn, acked).await?;
         }
-        for (statuses, keep) in [("'done'", keep_done), ("'dead', 'cancelled'", keep_dead)] {
+        for (forget_ended, keep) in [(FORGET_DONE, keep_done), (FORGET_DEAD, keep_dead)] {
             let Some(keep) = keep else { continue };
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs
-                 WHERE queue = ? AND status IN ({statuses}) AND run_at <= ? LIMIT 10000)"
-            )))
-            .bind(queue)
-            .bind(now - keep)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(forget_ended)
+                .bind(queue)
+                .bind(now - keep)
+                .execute(&mut *conn)
+                .await?;
         }
         Ok(())
     }
@@ -411,13 +407,11 @@ impl QueueBackend for SqliteBackend {
         // RETURNING has no order: restore priority, then FIFO.
         leased.sort_by_key(|(priority, seq, _)| (-priority, *seq));
         let next_due_ms = if leased.is_empty() {
-            sqlx::query_scalar::<_, Option<i64>>(
-                "SELECT MIN(run_at) FROM jobs WHERE queue = ? AND status IN ('pending', 'failed')",
-            )
-            .bind(queue)
-            .fetch_one(&mut *tx)
-            .await?
-            .map(|ms| ms as u64)
+            sqlx::query_scalar::<_, Option<i64>>(NEXT_DUE)
+                .bind(queue)
+                .fetch_one(&mut *tx)
+                .await?
+                .map(|ms| ms as u64)
         } else {
             None
         };
@@ -585,7 +579,7 @@ impl QueueBackend for SqliteBackend {
     async fn purge_jobs(&self, queue: &str, statuses: &[JobStatus]) -> anyhow::Result<u64> {
         let mut forgotten = 0;
         for status in statuses.iter().filter(|s| s.is_final()) {
-            let deleted = sqlx::query("DELETE FROM jobs WHERE queue = ? AND status = ?")
+            let deleted = sqlx::query(PURGE_STATUS)
                 .bind(queue)
                 .bind(status.as_str())
                 .execute(&self.pool)
@@ -663,8 +657,7 @@ impl QueueBackend for SqliteBackend {
 
     async fn dead_jobs(&self, queue: &str, limit: usize) -> anyhow::Result<Vec<JobInfo>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE queue = ? AND status = 'dead'
-             ORDER BY updated_ms DESC, seq DESC LIMIT ?"
+            "SELECT {JOB_COLUMNS} {DEAD_NEWEST_FIRST}"
         )))
         .bind(queue)
         .bind(limit as i64)
@@ -682,13 +675,11 @@ impl QueueBackend for SqliteBackend {
         let now = now_ms() as i64;
         let mut tx = self.pool.begin().await?;
         let ids: Vec<String> = if ids.is_empty() {
-            sqlx::query_scalar(
-                "SELECT id FROM jobs WHERE queue = ? AND status = 'dead' ORDER BY updated_ms, seq LIMIT ?",
-            )
-            .bind(queue)
-            .bind(max as i64)
-            .fetch_all(&mut *tx)
-            .await?
+            sqlx::query_scalar(DEAD_OLDEST_FIRST)
+                .bind(queue)
+                .bind(max as i64)
+                .fetch_all(&mut *tx)
+                .await?
         } else {
             ids.to_vec()
         };
@@ -717,21 +708,21 @@ impl QueueBackend for SqliteBackend {
 
     async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
         let mut counts = QueueCounts::default();
-        let rows =
-            // Done jobs are counted in queue_state; leaving them out keeps
-            // this proportional to the live jobs, not to the history.
-            sqlx::query(
-                "SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? \
-                 AND status IN ('pending', 'failed', 'running', 'dead', 'cancelled') GROUP BY status",
-            )
-                .bind(queue)
-                .fetch_all(&self.pool)
-                .await?;
+        // Done jobs are counted in queue_state; leaving them out keeps this
+        // proportional to the live jobs, not to the history. Running jobs
+        // are counted in their own index.
+        let rows = sqlx::query(COUNT_NOT_RUNNING)
+            .bind(queue)
+            .fetch_all(&self.pool)
+            .await?;
+        counts.running = sqlx::query_scalar::<_, i64>(COUNT_RUNNING)
+            .bind(queue)
+            .fetch_one(&self.pool)
+            .await? as u64;
         for row in rows {
             let n = row.get::<i64, _>("n") as u64;
             match row.get::<&str, _>("status") {
                 "pending" | "failed" => counts.pending += n,
-                "running" => counts.running += n,
                 "dead" => counts.dead += n,
                 "cancelled" => counts.cancelled += n,
                 _ => {}
@@ -792,6 +783,31 @@ impl QueueBackend for SqliteBackend {
         Ok(())
     }
 }
+
+// Statements that read one queue's jobs by status. Each repeats the
+// condition of the partial index `jobs_not_running` (`status <> 'running'`):
+// SQLite uses a partial index only for a WHERE clause that contains the
+// index's own condition, and would otherwise read every job.
+const COUNT_NOT_RUNNING: &str = "SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? \
+    AND status IN ('pending', 'failed', 'dead', 'cancelled') AND status <> 'running' \
+    GROUP BY status";
+const NEXT_DUE: &str = "SELECT MIN(run_at) FROM jobs WHERE queue = ? \
+    AND status IN ('pending', 'failed') AND status <> 'running'";
+const PURGE_STATUS: &str =
+    "DELETE FROM jobs WHERE queue = ? AND status = ? AND status <> 'running'";
+/// Ended jobs past their queue's retention; the time a job ended is its
+/// `run_at`. At most 10,000 per acknowledgement, so one never stalls.
+const FORGET_DONE: &str = "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs \
+    WHERE queue = ? AND status = 'done' AND status <> 'running' AND run_at <= ? LIMIT 10000)";
+const FORGET_DEAD: &str = "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs \
+    WHERE queue = ? AND status IN ('dead', 'cancelled') AND status <> 'running' \
+    AND run_at <= ? LIMIT 10000)";
+const DEAD_NEWEST_FIRST: &str = "FROM jobs WHERE queue = ? AND status = 'dead' \
+    AND status <> 'running' ORDER BY updated_ms DESC, seq DESC LIMIT ?";
+const DEAD_OLDEST_FIRST: &str = "SELECT id FROM jobs WHERE queue = ? AND status = 'dead' \
+    AND status <> 'running' ORDER BY updated_ms, seq LIMIT ?";
+/// Running jobs are in `jobs_running` instead.
+const COUNT_RUNNING: &str = "SELECT COUNT(*) FROM jobs WHERE queue = ? AND status = 'running'";
 
 /// Due jobs without a key, in fetch order (the partial index
 /// `jobs_runnable_unkeyed` holds exactly the rows this reads).
@@ -1075,11 +1091,18 @@ async fn upgrade(pool: &SqlitePool) -> anyhow::Result<()> {
     // Runnable jobs in fetch order, without and with a key: a fetch reads
     // the first rows, never sorts, and finds the keys by skipping through
     // the second. Leases by deadline, of running jobs only: a job enters
-    // it when leased and leaves when it ends. (Older files had one index
-    // for every runnable job, and every job in jobs_lease.)
+    // it when leased and leaves when it ends. Jobs by status and time
+    // (due time while waiting, end time once ended), of jobs not running:
+    // a running job would enter and leave it again for nothing, which
+    // costs a drain a fifth of its speed. (Older files had one index for
+    // every runnable job, every job in jobs_lease, and every job in
+    // jobs_due.)
     sqlx::raw_sql(
         "DROP INDEX IF EXISTS jobs_runnable;
          DROP INDEX IF EXISTS jobs_lease;
+         DROP INDEX IF EXISTS jobs_due;
+         CREATE INDEX IF NOT EXISTS jobs_not_running ON jobs (queue, status, run_at)
+             WHERE status <> 'running';
          CREATE INDEX IF NOT EXISTS jobs_running ON jobs (queue, lease_until)
              WHERE status = 'running';
          CREATE INDEX IF NOT EXISTS jobs_runnable_unkeyed ON jobs (queue, priority DESC, seq)
@@ -1126,8 +1149,9 @@ fn keep_last_lines(lines: &mut Vec<String>) {
 mod tests {
     use super::*;
 
-    /// A queue file from before `jobs_running` kept every job in a lease
-    /// index; opening it swaps the index, and expiry reads the new one.
+    /// A queue file from before `jobs_running` and `jobs_not_running` kept
+    /// every job in a lease index and in `jobs_due`; opening it swaps the
+    /// indexes, and expiry reads the new one.
     #[tokio::test]
     async fn an_older_file_gets_the_running_index() {
         let dir = std::env::temp_dir().join(format!(
@@ -1139,7 +1163,9 @@ mod tests {
         let older = SqliteBackend::open(&path).await.unwrap();
         sqlx::raw_sql(
             "DROP INDEX jobs_running;
-             CREATE INDEX jobs_lease ON jobs (queue, status, lease_until);",
+             DROP INDEX jobs_not_running;
+             CREATE INDEX jobs_lease ON jobs (queue, status, lease_until);
+             CREATE INDEX jobs_due ON jobs (queue, status, run_at);",
         )
         .execute(&older.pool)
         .await
@@ -1149,12 +1175,13 @@ mod tests {
         let backend = SqliteBackend::open(&path).await.unwrap();
         let indexes: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'index'
-             AND name IN ('jobs_lease', 'jobs_running')",
+             AND name IN ('jobs_lease', 'jobs_running', 'jobs_due', 'jobs_not_running')
+             ORDER BY name",
         )
         .fetch_all(&backend.pool)
         .await
         .unwrap();
-        assert_eq!(indexes, ["jobs_running"]);
+        assert_eq!(indexes, ["jobs_not_running", "jobs_running"]);
         let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
             "EXPLAIN QUERY PLAN UPDATE jobs SET status = 'pending'
              WHERE queue = 'q' AND status = 'running' AND lease_until < 1",
@@ -1167,6 +1194,51 @@ mod tests {
                 .any(|(.., detail)| detail.contains("jobs_running")),
             "{plan:?}"
         );
+        backend.pool.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every statement over a queue's jobs by status finds them through an
+    /// index: a partial index is used only where the statement repeats its
+    /// condition, and a full scan would read the whole history.
+    #[tokio::test]
+    async fn status_queries_use_an_index() {
+        let dir = std::env::temp_dir().join(format!(
+            "orch-queue-plans-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let backend = SqliteBackend::open(&dir.join("queue.db")).await.unwrap();
+        let dead_jobs = format!("SELECT payload {DEAD_NEWEST_FIRST}");
+        for statement in [
+            COUNT_NOT_RUNNING,
+            COUNT_RUNNING,
+            NEXT_DUE,
+            PURGE_STATUS,
+            FORGET_DONE,
+            FORGET_DEAD,
+            DEAD_OLDEST_FIRST,
+            &dead_jobs,
+        ] {
+            let explain = format!("EXPLAIN QUERY PLAN {statement}");
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(explain));
+            for _ in 0..statement.matches('?').count() {
+                query = query.bind("1");
+            }
+            let plan: Vec<(i64, i64, i64, String)> = query.fetch_all(&backend.pool).await.unwrap();
+            let reads: Vec<&str> = plan
+                .iter()
+                .map(|(.., detail)| detail.as_str())
+                .filter(|detail| detail.contains(" jobs"))
+                .collect();
+            assert!(!reads.is_empty(), "{statement}: {plan:?}");
+            for read in reads {
+                assert!(
+                    read.starts_with("SEARCH jobs USING")
+                        && (read.contains("INDEX jobs_") || read.contains("PRIMARY KEY")),
+                    "{statement} reads {read:?}"
+                );
+            }
+        }
         backend.pool.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
