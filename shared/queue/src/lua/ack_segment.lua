@@ -3,7 +3,7 @@
 -- a write (or even a Lua step) per job.
 -- ARGV: prefix, queue, now_ms, worker slot, retention_ms, then per segment:
 --   S, runs, records, then `runs` pairs first, last (inclusive, ascending,
---   disjoint), then `records` pairs index, result record: the exceptions,
+--   disjoint), then `records` pairs index, result record (ascending): the exceptions,
 --   results that are not null (a null result of a first attempt, the
 --   common case, has no record).
 -- Jobs moved out to the per-job structures are finished there.
@@ -73,8 +73,14 @@ while at <= #ARGV do
   local records_at = runs_at + 2 * runs
   at = records_at + 2 * nrecords
   local key = seg_key(prefix, s)
-  local records = {}
-  for k = records_at, at - 1, 2 do records[tonumber(ARGV[k])] = ARGV[k + 1] end
+  -- Records by index, and their indices in order: a whole run takes its
+  -- records by moving along the second, not by looking at each of its jobs.
+  local records, order, next_record = {}, {}, 1
+  for k = records_at, at - 1, 2 do
+    local i = tonumber(ARGV[k])
+    records[i] = ARGV[k + 1]
+    order[#order + 1] = i
+  end
   local ranges = held_ranges(s)
   local created = tonumber(redis.call('HGET', key, 'c') or now)
   local stamp = struct.pack('>I4', math.max(0, math.min(now - created, 4294967295)))
@@ -92,8 +98,10 @@ while at <= #ARGV do
     if #states == last - first + 1 and whole_run(ranges, states, first, last) then
       mark_run(key, stamp, first, last)
       count = count + last - first + 1
-      if nrecords > 0 then
-        for i = first, last do result_of(i) end
+      while order[next_record] and order[next_record] < first do next_record = next_record + 1 end
+      while order[next_record] and order[next_record] <= last do
+        result_of(order[next_record])
+        next_record = next_record + 1
       end
     else
       for i = first, last do
