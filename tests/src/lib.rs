@@ -509,6 +509,18 @@ impl Api {
         decode(response).await
     }
 
+    /// Creates a queue for external workers (`settings` adds to the
+    /// request body), asserting 201.
+    pub async fn create_external_queue(&self, name: &str, settings: Value) {
+        let mut body = json!({"name": name, "handler": "external"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(settings.as_object().expect("settings object").clone());
+        let (status, created) = self.post("/api/v1/queues", &body).await;
+        assert_eq!(status, StatusCode::CREATED, "create {name}: {created}");
+        assert_eq!(created["handler"], "external", "{created}");
+    }
+
     /// Pushes one job and returns its id, asserting 202.
     pub async fn push(&self, job: Value) -> String {
         let (status, body) = self.post("/api/v1/jobs", &job).await;

@@ -71,16 +71,6 @@ fn start_python_worker(
     )
 }
 
-async fn create_queue(api: &Api, name: &str, settings: Value) {
-    let mut body = json!({"name": name, "handler": "external"});
-    body.as_object_mut()
-        .unwrap()
-        .extend(settings.as_object().unwrap().clone());
-    let (status, created) = api.post("/api/v1/queues", &body).await;
-    assert_eq!(status, StatusCode::CREATED, "create {name}: {created}");
-    assert_eq!(created["handler"], "external", "{created}");
-}
-
 /// Pushes one job per payload and returns the ids in order.
 async fn push_all(api: &Api, queue: &str, payloads: impl Iterator<Item = Value>) -> Vec<String> {
     let jobs: Vec<Value> = payloads
@@ -132,7 +122,8 @@ async fn python_workers_survive_a_kill(backend: Backend) {
     // No __pycache__ left in the source tree.
     let setup = Setup::new(backend).env("PYTHONDONTWRITEBYTECODE", "1");
     let api = setup.start_api(&[]).await;
-    create_queue(&api, "emails", json!({"max_attempts": 3, "backoff_ms": 50})).await;
+    api.create_external_queue("emails", json!({"max_attempts": 3, "backoff_ms": 50}))
+        .await;
     let ids = push_all(&api, "emails", (0..JOBS).map(|n| json!({ "n": n }))).await;
     assert_eq!(ids.len(), JOBS);
 
@@ -310,7 +301,8 @@ fn assert_invalid(answer: (StatusCode, Value), what: &str) {
 
 /// A lease that expired and was taken over is dead for its old token.
 async fn expired_leases_are_lost(api: &Api) {
-    create_queue(api, "expiry", json!({"max_attempts": 5, "backoff_ms": 0})).await;
+    api.create_external_queue("expiry", json!({"max_attempts": 5, "backoff_ms": 0}))
+        .await;
     let id = push_all(api, "expiry", [json!({})].into_iter())
         .await
         .remove(0);
@@ -360,7 +352,7 @@ async fn expired_leases_are_lost(api: &Api) {
 
 /// A token only holds the job it was leased with.
 async fn tokens_belong_to_their_job(api: &Api) {
-    create_queue(api, "pairs", json!({})).await;
+    api.create_external_queue("pairs", json!({})).await;
     push_all(api, "pairs", [json!({"k": 1}), json!({"k": 2})].into_iter()).await;
     let one = lease_one(api, "pairs", 30_000).await;
     let two = lease_one(api, "pairs", 30_000).await;
@@ -384,7 +376,8 @@ async fn tokens_belong_to_their_job(api: &Api) {
 
 /// `retryable: false` ends the job; `retry_after_ms` holds it back.
 async fn failures(api: &Api) {
-    create_queue(api, "fails", json!({"max_attempts": 5, "backoff_ms": 0})).await;
+    api.create_external_queue("fails", json!({"max_attempts": 5, "backoff_ms": 0}))
+        .await;
     let ids = push_all(api, "fails", [json!({"k": "dead"})].into_iter()).await;
     let job = lease_one(api, "fails", 30_000).await;
     let body = json!({"error": "bad address", "retryable": false});
@@ -447,7 +440,7 @@ async fn failures(api: &Api) {
 
 /// Progress and log lines show on the job; it keeps the last 100 lines.
 async fn progress_and_logs(api: &Api) {
-    create_queue(api, "reports", json!({})).await;
+    api.create_external_queue("reports", json!({})).await;
     let ids = push_all(api, "reports", [json!({})].into_iter()).await;
     let job = lease_one(api, "reports", 30_000).await;
     let body = json!({"progress": 0.25, "message": "a quarter", "logs": ["line 0", "line 1"]});
@@ -492,7 +485,7 @@ async fn progress_and_logs(api: &Api) {
 
 /// Cancelled jobs: a holder hears of it; a pending one is never leased.
 async fn cancelling(api: &Api) {
-    create_queue(api, "stops", json!({})).await;
+    api.create_external_queue("stops", json!({})).await;
     let ids = push_all(api, "stops", [json!({})].into_iter()).await;
     let job = lease_one(api, "stops", 30_000).await;
     let cancel = format!("/api/v1/jobs/{}/cancel", ids[0]);
@@ -536,7 +529,7 @@ async fn cancelling(api: &Api) {
 
 /// A lease call waiting on an empty queue answers as soon as a job lands.
 async fn long_poll(api: &Api) {
-    create_queue(api, "polls", json!({})).await;
+    api.create_external_queue("polls", json!({})).await;
     let started = Instant::now();
     let (leased, pushed) = tokio::join!(lease(api, "polls", json!({"wait_ms": 2_000})), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -570,7 +563,7 @@ async fn long_poll(api: &Api) {
 
 /// Refused requests change nothing.
 async fn bad_inputs(api: &Api) {
-    create_queue(api, "strict", json!({})).await;
+    api.create_external_queue("strict", json!({})).await;
     let ids = push_all(api, "strict", [json!({})].into_iter()).await;
     for body in [
         json!({"max": 0}),

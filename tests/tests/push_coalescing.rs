@@ -16,13 +16,7 @@ const PUSHES_PER_CLIENT: usize = 100;
 async fn start(backend: Backend) -> (Setup, Api) {
     let setup = Setup::new(backend);
     let api = setup.start_api(&[]).await;
-    let (status, body) = api
-        .post(
-            "/api/v1/queues",
-            &json!({"name": "held", "handler": "external"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    api.create_external_queue("held", json!({})).await;
     (setup, api)
 }
 

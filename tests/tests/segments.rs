@@ -237,13 +237,7 @@ async fn a_redis_restart_between_lease_and_ack_loses_nothing() {
 async fn every_payload_of_a_segment_comes_back_exactly() {
     let setup = Setup::new(Backend::redis());
     let api = setup.start_api(&[]).await;
-    let (status, body) = api
-        .post(
-            "/api/v1/queues",
-            &json!({"name": "shapes", "handler": "external"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    api.create_external_queue("shapes", json!({})).await;
     let payloads: Vec<Value> = (0..40)
         .map(|i| match i % 8 {
             0 => Value::Null,
