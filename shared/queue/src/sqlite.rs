@@ -1093,8 +1093,8 @@ async fn upgrade(pool: &SqlitePool) -> anyhow::Result<()> {
     // the second. Leases by deadline, of running jobs only: a job enters
     // it when leased and leaves when it ends. Jobs by status and time
     // (due time while waiting, end time once ended), of jobs not running:
-    // a running job would enter and leave it again for nothing, which
-    // costs a drain a fifth of its speed. (Older files had one index for
+    // a running job would enter and leave it again for nothing, a fifth
+    // of SQLite's own time in a drain. (Older files had one index for
     // every runnable job, every job in jobs_lease, and every job in
     // jobs_due.)
     sqlx::raw_sql(
