@@ -65,7 +65,10 @@ CREATE TABLE IF NOT EXISTS queue_state (
     max_per_key INTEGER,
     keep_done_ms INTEGER,
     keep_dead_ms INTEGER,
-    remove_on_complete INTEGER NOT NULL DEFAULT 0
+    remove_on_complete INTEGER NOT NULL DEFAULT 0,
+    -- Jobs pending or failed (waiting for a retry), kept by every change
+    -- of status: counting them from the rows took 170 ms per 3,000,000.
+    waiting INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS queue_workers (
     queue TEXT NOT NULL,
@@ -89,6 +92,7 @@ impl SqliteBackend {
         // interleave with an acknowledgement.
         let pool = orchestrator_core::sqlite_file::open(path, 1, SCHEMA, "queue database").await?;
         upgrade(&pool).await?;
+        Self::recount_waiting(&pool).await?;
         Ok(Self {
             pool,
             turn: Default::default(),
@@ -143,10 +147,14 @@ impl SqliteBackend {
         .bind(id)
         .execute(&mut *conn)
         .await?;
+        let queue: String = row.get("queue");
         sqlx::query("UPDATE queue_state SET failed = failed + 1 WHERE queue = ?")
-            .bind(row.get::<String, _>("queue"))
+            .bind(&queue)
             .execute(&mut *conn)
             .await?;
+        if status == "failed" {
+            count_waiting(conn, &queue, 1).await?;
+        }
         Ok(true)
     }
 
@@ -196,6 +204,13 @@ impl SqliteBackend {
             delete.push(")");
             delete.build().execute(&mut *conn).await?;
         }
+        Ok(())
+    }
+
+    /// Recounts every queue's waiting jobs from the rows: once when the file
+    /// is opened (an older file has no count yet).
+    async fn recount_waiting(pool: &SqlitePool) -> sqlx::Result<()> {
+        sqlx::query(RECOUNT_WAITING).execute(pool).await?;
         Ok(())
     }
 
@@ -293,6 +308,8 @@ impl QueueBackend for SqliteBackend {
         queues.dedup();
         for queue in &queues {
             Self::ensure_queue(&mut tx, queue).await?;
+            let added = rows.iter().filter(|(_, job)| job.queue == *queue).count();
+            count_waiting(&mut tx, queue, added as i64).await?;
         }
         tx.commit().await?;
         for (_, job) in &rows {
@@ -327,6 +344,11 @@ impl QueueBackend for SqliteBackend {
         .bind(crate::callback::LEASE_EXPIRED)
         .fetch_all(&mut *tx)
         .await?;
+        let back = expired
+            .iter()
+            .filter(|(_, status, ..)| status == "pending")
+            .count();
+        count_waiting(&mut tx, queue, back as i64).await?;
         let callbacks: Vec<NewJob> = expired
             .into_iter()
             .filter(|(_, status, _, _)| status == "dead")
@@ -404,6 +426,7 @@ impl QueueBackend for SqliteBackend {
             };
             leased.push((row.get::<i64, _>("priority"), row.get::<i64, _>("seq"), job));
         }
+        count_waiting(&mut tx, queue, -(leased.len() as i64)).await?;
         // RETURNING has no order: restore priority, then FIFO.
         leased.sort_by_key(|(priority, seq, _)| (-priority, *seq));
         let next_due_ms = if leased.is_empty() {
@@ -532,9 +555,12 @@ impl QueueBackend for SqliteBackend {
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE queue_state SET cancelled = cancelled + 1 WHERE queue = ?")
-            .bind(queue)
+            .bind(&queue)
             .execute(&mut *tx)
             .await?;
+        if matches!(status, JobStatus::Pending | JobStatus::Failed) {
+            count_waiting(&mut tx, &queue, -1).await?;
+        }
         tx.commit().await?;
         Ok(Cancelled::Now(status))
     }
@@ -624,6 +650,11 @@ impl QueueBackend for SqliteBackend {
             .await?;
             queues.extend(queue);
         }
+        queues.sort_unstable();
+        for run in queues.chunk_by(|a, b| a == b) {
+            count_waiting(&mut tx, &run[0], run.len() as i64).await?;
+        }
+        queues.dedup();
         tx.commit().await?;
         for queue in queues {
             self.waker(&queue).notify_one();
@@ -699,6 +730,7 @@ impl QueueBackend for SqliteBackend {
                 requeued.push(id);
             }
         }
+        count_waiting(&mut tx, queue, requeued.len() as i64).await?;
         tx.commit().await?;
         if !requeued.is_empty() {
             self.waker(queue).notify_one();
@@ -708,10 +740,9 @@ impl QueueBackend for SqliteBackend {
 
     async fn counts(&self, queue: &str) -> anyhow::Result<QueueCounts> {
         let mut counts = QueueCounts::default();
-        // Done jobs are counted in queue_state; leaving them out keeps this
-        // proportional to the live jobs, not to the history. Running jobs
-        // are counted in their own index.
-        let rows = sqlx::query(COUNT_NOT_RUNNING)
+        // Waiting and done jobs are counted in queue_state, running ones in
+        // their own index: only dead and cancelled ones are counted here.
+        let rows = sqlx::query(COUNT_ENDED)
             .bind(queue)
             .fetch_all(&self.pool)
             .await?;
@@ -722,17 +753,18 @@ impl QueueBackend for SqliteBackend {
         for row in rows {
             let n = row.get::<i64, _>("n") as u64;
             match row.get::<&str, _>("status") {
-                "pending" | "failed" => counts.pending += n,
                 "dead" => counts.dead += n,
                 "cancelled" => counts.cancelled += n,
                 _ => {}
             }
         }
-        if let Some(row) = sqlx::query("SELECT done, failed FROM queue_state WHERE queue = ?")
-            .bind(queue)
-            .fetch_optional(&self.pool)
-            .await?
+        if let Some(row) =
+            sqlx::query("SELECT done, failed, waiting FROM queue_state WHERE queue = ?")
+                .bind(queue)
+                .fetch_optional(&self.pool)
+                .await?
         {
+            counts.pending = row.get::<i64, _>("waiting").max(0) as u64;
             counts.done = row.get::<i64, _>("done") as u64;
             counts.failed = row.get::<i64, _>("failed") as u64;
         }
@@ -788,9 +820,11 @@ impl QueueBackend for SqliteBackend {
 // condition of the partial index `jobs_not_running` (`status <> 'running'`):
 // SQLite uses a partial index only for a WHERE clause that contains the
 // index's own condition, and would otherwise read every job.
-const COUNT_NOT_RUNNING: &str = "SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? \
-    AND status IN ('pending', 'failed', 'dead', 'cancelled') AND status <> 'running' \
-    GROUP BY status";
+const COUNT_ENDED: &str = "SELECT status, COUNT(*) AS n FROM jobs WHERE queue = ? \
+    AND status IN ('dead', 'cancelled') AND status <> 'running' GROUP BY status";
+const RECOUNT_WAITING: &str = "UPDATE queue_state SET waiting = (SELECT COUNT(*) FROM jobs \
+    WHERE jobs.queue = queue_state.queue AND status IN ('pending', 'failed') \
+    AND status <> 'running')";
 const NEXT_DUE: &str = "SELECT MIN(run_at) FROM jobs WHERE queue = ? \
     AND status IN ('pending', 'failed') AND status <> 'running'";
 const PURGE_STATUS: &str =
@@ -808,6 +842,23 @@ const DEAD_OLDEST_FIRST: &str = "SELECT id FROM jobs WHERE queue = ? AND status 
     AND status <> 'running' ORDER BY updated_ms, seq LIMIT ?";
 /// Running jobs are in `jobs_running` instead.
 const COUNT_RUNNING: &str = "SELECT COUNT(*) FROM jobs WHERE queue = ? AND status = 'running'";
+
+/// Moves `queue`'s count of waiting jobs (pending or failed) by `change`,
+/// in the transaction that changes their status.
+async fn count_waiting(
+    conn: &mut sqlx::SqliteConnection,
+    queue: &str,
+    change: i64,
+) -> sqlx::Result<()> {
+    if change != 0 {
+        sqlx::query("UPDATE queue_state SET waiting = waiting + ? WHERE queue = ?")
+            .bind(change)
+            .bind(queue)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
 
 /// Due jobs without a key, in fetch order (the partial index
 /// `jobs_runnable_unkeyed` holds exactly the rows this reads).
@@ -1070,7 +1121,7 @@ fn job_info(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JobInfo> {
 
 /// Columns added after the first release: a queue file written by an older
 /// version gains them on open.
-const ADDED_COLUMNS: [(&str, &str, &str); 9] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
     ("jobs", "concurrency_key", "TEXT"),
     ("jobs", "callback_url", "TEXT"),
     ("jobs", "progress", "TEXT"),
@@ -1084,6 +1135,7 @@ const ADDED_COLUMNS: [(&str, &str, &str); 9] = [
         "remove_on_complete",
         "INTEGER NOT NULL DEFAULT 0",
     ),
+    ("queue_state", "waiting", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 async fn upgrade(pool: &SqlitePool) -> anyhow::Result<()> {
@@ -1210,8 +1262,9 @@ mod tests {
         let backend = SqliteBackend::open(&dir.join("queue.db")).await.unwrap();
         let dead_jobs = format!("SELECT payload {DEAD_NEWEST_FIRST}");
         for statement in [
-            COUNT_NOT_RUNNING,
+            COUNT_ENDED,
             COUNT_RUNNING,
+            RECOUNT_WAITING,
             NEXT_DUE,
             PURGE_STATUS,
             FORGET_DONE,
@@ -1240,6 +1293,120 @@ mod tests {
             }
         }
         backend.pool.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The waiting jobs (pending or failed) a queue's counts report, read
+    /// from the rows themselves.
+    async fn waiting_rows(backend: &SqliteBackend, queue: &str) -> u64 {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM jobs WHERE queue = ? AND status IN ('pending', 'failed')",
+        )
+        .bind(queue)
+        .fetch_one(&backend.pool)
+        .await
+        .unwrap() as u64
+    }
+
+    /// The kept count of waiting jobs matches the rows after every change
+    /// of status: pushes (a duplicate key adds nothing), leases, a failure
+    /// to retry and a final one, an expired lease, a release, a cancel, a
+    /// requeue; and a file whose count is wrong is recounted when opened.
+    #[tokio::test]
+    async fn the_waiting_count_follows_every_change_of_status() {
+        let dir = std::env::temp_dir().join(format!(
+            "orch-queue-waiting-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let path = dir.join("queue.db");
+        let backend = SqliteBackend::open(&path).await.unwrap();
+        let q = "counted";
+        let check = async |backend: &SqliteBackend, expected: u64, step: &str| {
+            let counts = backend.counts(q).await.unwrap();
+            assert_eq!(counts.pending, expected, "after {step}");
+            assert_eq!(
+                waiting_rows(backend, q).await,
+                expected,
+                "rows after {step}"
+            );
+        };
+        let keyed = |key: &str| NewJob {
+            idempotency_key: Some(key.into()),
+            ..NewJob::new(q, Value::Null)
+        };
+        let mut jobs: Vec<NewJob> = (0..6).map(|_| NewJob::new(q, Value::Null)).collect();
+        jobs.push(keyed("k"));
+        jobs.push(keyed("k"));
+        jobs.push(NewJob {
+            delay_ms: 60_000,
+            ..NewJob::new(q, Value::Null)
+        });
+        backend.push(jobs).await.unwrap();
+        check(&backend, 8, "push").await;
+
+        let lease = Duration::from_secs(30);
+        let fetched = backend.fetch(q, "w1", 4, lease).await.unwrap();
+        assert_eq!(fetched.jobs.len(), 4);
+        check(&backend, 4, "lease").await;
+
+        let ids: Vec<String> = fetched.jobs.iter().map(|job| job.id.clone()).collect();
+        let ack = |id: &String, outcome| Ack {
+            id: id.clone(),
+            attempt: 1,
+            outcome,
+        };
+        let never = Failure {
+            retry: Retry::Never,
+            ..Failure::new("final")
+        };
+        backend
+            .ack(
+                q,
+                "w1",
+                vec![
+                    ack(&ids[0], Ok(Value::Null)),
+                    ack(&ids[1], Err(Failure::new("retry"))),
+                    ack(&ids[2], Err(never)),
+                ],
+            )
+            .await
+            .unwrap();
+        check(&backend, 5, "done, failed and dead").await;
+
+        backend.release(q, "w1", &ids[3..]).await.unwrap();
+        check(&backend, 6, "release").await;
+
+        let short = backend.fetch(q, "w2", 2, Duration::ZERO).await.unwrap();
+        assert_eq!(short.jobs.len(), 2);
+        check(&backend, 4, "lease that will expire").await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let again = backend.fetch(q, "w3", 1, lease).await.unwrap();
+        assert_eq!(again.jobs.len(), 1);
+        check(&backend, 5, "expiry and a lease").await;
+
+        let waiting_id: String = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE queue = ? AND status = 'pending' LIMIT 1",
+        )
+        .bind(q)
+        .fetch_one(&backend.pool)
+        .await
+        .unwrap();
+        assert!(matches!(
+            backend.cancel(&waiting_id).await.unwrap(),
+            Cancelled::Now(_)
+        ));
+        check(&backend, 4, "cancel").await;
+        assert_eq!(backend.requeue_dead(q, &[], 10).await.unwrap().len(), 1);
+        check(&backend, 5, "requeue").await;
+
+        sqlx::query("UPDATE queue_state SET waiting = 1000")
+            .execute(&backend.pool)
+            .await
+            .unwrap();
+        backend.pool.close().await;
+        let reopened = SqliteBackend::open(&path).await.unwrap();
+        check(&reopened, 5, "reopening").await;
+        reopened.pool.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
