@@ -92,7 +92,6 @@ impl SqliteBackend {
         // interleave with an acknowledgement.
         let pool = orchestrator_core::sqlite_file::open(path, 1, SCHEMA, "queue database").await?;
         upgrade(&pool).await?;
-        Self::recount_waiting(&pool).await?;
         Ok(Self {
             pool,
             turn: Default::default(),
@@ -204,13 +203,6 @@ impl SqliteBackend {
             delete.push(")");
             delete.build().execute(&mut *conn).await?;
         }
-        Ok(())
-    }
-
-    /// Recounts every queue's waiting jobs from the rows: once when the file
-    /// is opened (an older file has no count yet).
-    async fn recount_waiting(pool: &SqlitePool) -> sqlx::Result<()> {
-        sqlx::query(RECOUNT_WAITING).execute(pool).await?;
         Ok(())
     }
 
@@ -1164,6 +1156,9 @@ async fn upgrade(pool: &SqlitePool) -> anyhow::Result<()> {
     )
     .execute(pool)
     .await?;
+    // Each queue's count of waiting jobs, from the rows: a file from before
+    // the count, or last written by such a binary, has none or a stale one.
+    sqlx::query(RECOUNT_WAITING).execute(pool).await?;
     Ok(())
 }
 
